@@ -1,0 +1,107 @@
+"""`jean-data`: reads a processed clip (see docs/dataset_contract.md) into nerfstudio cameras.
+
+The head is static in its canonical frame and the camera moves; the world frame IS that canonical frame, so the
+dataparser applies no re-centering or re-scaling (the dataset's scene box already bounds the head). Every camera has
+`times` = frame / (N - 1) (the viewer's frame slider) and its own pose in metadata (the torso and background lookup).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Type
+
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from jean_nerfstudio import constants as C
+from jean_nerfstudio.contract import DatasetError, ProcessedClip
+
+
+@dataclass
+class JeanDataParserConfig(DataParserConfig):
+    """Reads a folder written by `jean-process`."""
+
+    _target: Type = field(default_factory=lambda: JeanDataParser)
+    """Target class to instantiate."""
+    data: Path = Path()
+    """The processed clip folder (`jean-process VIDEO --output DIR`)."""
+    eval_split: Literal["held-out", "train"] = "held-out"
+    """'held-out': evaluate on the dataset's held-out tail frames; 'train': on the training frames (debugging)."""
+
+
+def open_or_exit(root: Path) -> ProcessedClip:
+    """Open a dataset, turning a contract problem into one red line and exit code 2 (no traceback for a user error)."""
+    try:
+        return ProcessedClip.open(root)
+    except DatasetError as err:
+        CONSOLE.print(f"[bold red]Error:[/bold red] {err}")
+        sys.exit(2)
+
+
+def clip_cameras(clip: ProcessedClip, indices: List[int]) -> Cameras:
+    """nerfstudio cameras of `indices` (global frame numbers) with times and per-camera pose metadata."""
+    transforms = clip.transforms
+    frames = {int(f["frame_index"]): f for f in transforms["frames"]}
+    c2w = torch.tensor([frames[i]["transform_matrix"] for i in indices], dtype=torch.float32)[:, :3, :4]
+    n = len(indices)
+    last = max(clip.num_frames - 1, 1)
+    return Cameras(
+        camera_to_worlds=c2w,
+        fx=float(transforms["fl_x"]),
+        fy=float(transforms["fl_y"]),
+        cx=float(transforms["cx"]),
+        cy=float(transforms["cy"]),
+        width=int(transforms["w"]),
+        height=int(transforms["h"]),
+        camera_type=CameraType.PERSPECTIVE,
+        times=torch.tensor(indices, dtype=torch.float32)[:, None] / last,
+        metadata={C.META_POSE: c2w.reshape(n, 12)},
+    )
+
+
+@dataclass
+class JeanDataParser(DataParser):
+    """Dataparser for `jean-process` datasets."""
+
+    config: JeanDataParserConfig
+    includes_time: bool = True
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        clip = open_or_exit(self.config.data)
+        if split == "train" or self.config.eval_split == "train":
+            indices = clip.train_indices
+        else:
+            indices = clip.eval_indices
+        if not indices:
+            CONSOLE.print(f"[bold red]Error:[/bold red] {clip.root}: the '{split}' split is empty; re-process a longer clip.")
+            sys.exit(2)
+        frames = {int(f["frame_index"]): f for f in clip.transforms["frames"]}
+        missing = [i for i in indices if i not in frames]
+        if missing:
+            CONSOLE.print(
+                f"[bold red]Error:[/bold red] {clip.root / C.TRANSFORMS_FILE}: frames {missing[:5]} of the split are "
+                "missing; re-run `jean-process` with --force."
+            )
+            sys.exit(2)
+        all_indices = list(range(clip.num_frames))
+        all_c2w = clip_cameras(clip, all_indices).camera_to_worlds
+        transforms = clip.transforms
+        aabb = torch.tensor(clip.metadata["camera"]["scene_box"], dtype=torch.float32)
+        return DataparserOutputs(
+            image_filenames=[clip.root / frames[i]["file_path"] for i in indices],
+            cameras=clip_cameras(clip, indices),
+            scene_box=SceneBox(aabb=aabb),
+            metadata={
+                "jean_clip_root": clip.root,
+                "jean_camera_to_worlds": all_c2w,
+                "jean_intrinsics": [transforms["fl_x"], transforms["fl_y"], transforms["cx"], transforms["cy"],
+                                    transforms["w"], transforms["h"]],
+                "jean_frame_indices": indices,
+                "segmentation_filenames": [clip.root / frames[i]["segmentation_path"] for i in indices],
+            },
+        )

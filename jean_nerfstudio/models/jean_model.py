@@ -1,0 +1,518 @@
+"""The JEAN model: an audio- and expression-conditioned head NeRF composited over a torso layer and a background plate.
+
+Rendering a pixel:
+    1. the ray's frame is known from its camera (`times`, or camera metadata supplied by a renderer);
+    2. the frame's audio code (from its audio windows) and expression code (from its expression sequence) condition
+       the head field through region attention; proposal sampling sees the same codes;
+    3. the head's colour and opacity are alpha-composited over the image-space torso layer and the background plate,
+       both looked up at the pixel the ray projects to in its frame's camera.
+
+Conditioning is always per ray: nerfstudio batches mix rays of many frames, and `get_outputs_for_camera` gives every
+ray camera index 0, so nothing here is keyed on camera indices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from jean_nerfstudio import constants as C
+from jean_nerfstudio.fields.jean_field import ConditionedProposalField, JeanHeadField
+from jean_nerfstudio.fields.torso_field import TorsoField
+from jean_nerfstudio.models import sources
+from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
+
+
+@dataclass
+class JeanModelConfig(ModelConfig):
+    """Configuration of the JEAN talking-head model."""
+
+    _target: Type = field(default_factory=lambda: JeanModel)
+    """Target class to instantiate."""
+    # ----- head field -----
+    implementation: Literal["auto", "tcnn", "torch"] = "auto"
+    """Hash grid backend: tinycudann when importable and on CUDA ('auto'), else plain torch."""
+    num_levels: int = 16
+    """Levels of the canonical head grid."""
+    base_resolution: int = 16
+    """Coarsest resolution of the head grid."""
+    max_resolution: int = 1024
+    """Finest resolution of the head grid (over the scene box)."""
+    log2_hashmap_size: int = 19
+    """log2 of the entries per level of the head grid."""
+    coarse_levels: int = 6
+    """Levels of the small grid that drives region attention and deformation."""
+    hidden_dim: int = 64
+    """Width of the head field's MLPs."""
+    max_deformation: float = 0.15
+    """Bound of the conditioned deformation, in scene units (1 unit = 10 cm by default)."""
+
+    # ----- sampling -----
+    num_proposal_samples_per_ray: Tuple[int, ...] = (96, 48)
+    """Samples per ray for each proposal network."""
+    num_nerf_samples_per_ray: int = 32
+    """Samples per ray for the head field."""
+    proposal_levels: Tuple[int, ...] = (5, 5)
+    """Grid levels of each proposal network."""
+    proposal_max_resolution: Tuple[int, ...] = (128, 256)
+    """Finest grid resolution of each proposal network."""
+    proposal_update_every: int = 5
+    """Proposal networks are updated every this many steps after warm-up."""
+    proposal_warmup: int = 2000
+    """Steps over which the proposal update interval grows to `proposal_update_every`."""
+    use_single_jitter: bool = True
+    """One jitter per ray instead of per sample."""
+    use_proposal_weight_anneal: bool = True
+    """Anneal proposal weights before PDF sampling."""
+    proposal_weights_anneal_slope: float = 10.0
+    """Slope of the annealing."""
+    proposal_weights_anneal_max_num_iters: int = 1000
+    """Steps over which the annealing runs."""
+
+    # ----- conditioning -----
+    audio_code_dim: int = 32
+    """Size of the per-ray audio code."""
+    expression_code_dim: int = 32
+    """Size of the per-ray expression code."""
+    audio_encoder_checkpoint: Optional[Path] = None
+    """A stage-1 lip-aligned audio encoder (`jean-train-audio`). None: a per-subject mel-window net trained here."""
+    audio_encoder_mode: Literal["frozen", "finetune"] = "frozen"
+    """Keep the stage-1 encoder frozen (keeps its lip alignment for unseen voices) or fine-tune it."""
+    audio_smoothing_frames: int = 4
+    """Each audio code attends over this many neighbouring frames on each side."""
+    expression_encoder: Literal["transformer", "mlp"] = "transformer"
+    """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
+    expression_encoder_checkpoint: Optional[Path] = None
+    """A pre-trained expression encoder (`jean-train-expression`). None: trained here, end to end."""
+    expression_encoder_mode: Literal["frozen", "finetune"] = "finetune"
+    """Freeze the pre-trained expression encoder or fine-tune it with the head."""
+    expression_objective_mult: float = 0.1
+    """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
+
+    # ----- torso -----
+    torso_levels: int = 12
+    """Levels of the 2D torso grid."""
+    torso_max_resolution: int = 1024
+    """Finest resolution of the torso grid (over the image)."""
+
+    # ----- losses -----
+    mouth_rgb_weight: float = 4.0
+    """Extra photometric weight on mouth-region pixels (mouth detail is what lip sync is judged on)."""
+    head_mask_loss_mult: float = 0.05
+    """Head opacity vs the head mask."""
+    torso_mask_loss_mult: float = 0.05
+    """Torso opacity vs the torso mask where the head does not cover it."""
+    interlevel_loss_mult: float = 1.0
+    """Proposal loss."""
+    distortion_loss_mult: float = 0.002
+    """Distortion loss (compact weights along rays)."""
+    deformation_loss_mult: float = 1.0
+    """Keeps the conditioned deformation small (mean squared offset, in scene units)."""
+    audio_attention_loss_mult: float = 0.01
+    """Penalizes audio attention on head pixels outside the mouth region (audio acts on the mouth)."""
+
+
+class JeanModel(Model):
+    """The JEAN talking-head model (see module docstring)."""
+
+    config: JeanModelConfig
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------------------------------
+    def populate_modules(self) -> None:
+        # (The base class would add a near/far collider; rays are clipped to the dataset's head box instead, below.)
+        metadata = self.kwargs.get("metadata") or {}
+        if "jean_clip_root" not in metadata:
+            raise ValueError("JeanModel needs the `jean-data` dataparser (metadata 'jean_clip_root' missing).")
+        clip = sources.open_clip(Path(metadata["jean_clip_root"]))
+        self.clip_root = clip.root
+        self.num_frames = clip.num_frames
+        self.fps = clip.fps
+
+        # Frame-indexed tensors of the training clip (recomputed from the dataset at load, so not in checkpoints).
+        c2w = torch.as_tensor(metadata["jean_camera_to_worlds"], dtype=torch.float32)  # [N, 3, 4]
+        self.register_buffer("clip_camera_to_worlds", c2w, persistent=False)
+        fx, fy, cx, cy, width, height = [float(v) for v in metadata["jean_intrinsics"]]
+        self.register_buffer("intrinsics", torch.tensor([fx, fy, cx, cy]), persistent=False)
+        self.image_width, self.image_height = int(width), int(height)
+        background = sources.load_background(clip)  # [3, H, W]
+        self.register_buffer("background", background, persistent=False)
+        pose_features = head_pose_features(c2w)
+        self.register_buffer("pose_mean", pose_features.mean(0), persistent=False)
+        self.register_buffer("pose_std", pose_features.std(0).clamp_min(1e-3), persistent=False)
+
+        # ----- audio -----
+        audio = sources.build_audio_source(clip, self.config.audio_encoder_checkpoint)
+        self.audio_spec = audio.spec
+        self.register_buffer("audio_windows", audio.windows, persistent=False)  # [N, W, C]
+        self.register_buffer("silence_window", audio.silence_window, persistent=False)  # [W, C]
+        self.audio = AudioConditioner(
+            audio.encoder,
+            code_dim=self.config.audio_code_dim,
+            smoothing_frames=self.config.audio_smoothing_frames,
+            # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
+            train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
+        )
+
+        # ----- expression -----
+        expression = sources.build_expression_source(
+            clip,
+            kind=self.config.expression_encoder,
+            checkpoint=self.config.expression_encoder_checkpoint,
+        )
+        self.expression_layout = expression.layout
+        self.register_buffer("expression_inputs", expression.inputs, persistent=False)  # [N, F]
+        train_expression = expression.trainable or self.config.expression_encoder_mode == "finetune"
+        self.expression = ExpressionConditioner(
+            expression.encoder,
+            code_dim=self.config.expression_code_dim,
+            train_encoder=train_expression,
+            context_frames=expression.context_frames,
+        )
+        self.expression_objective = expression.objective if train_expression else None
+        # What the viewer and the renderer need to edit or replace the expression sequence.
+        self.expression_control_names = list(expression.controls)
+        self.expression_editor = expression.editor
+        self.expression_input_builder = expression.input_builder
+
+        # ----- fields -----
+        aabb = self.scene_box.aabb
+        self.field = JeanHeadField(
+            aabb,
+            audio_dim=self.config.audio_code_dim,
+            expression_dim=self.config.expression_code_dim,
+            num_levels=self.config.num_levels,
+            log2_hashmap_size=self.config.log2_hashmap_size,
+            base_resolution=self.config.base_resolution,
+            max_resolution=self.config.max_resolution,
+            coarse_levels=self.config.coarse_levels,
+            hidden_dim=self.config.hidden_dim,
+            max_offset=self.config.max_deformation,
+            implementation=self.config.implementation,
+        )
+        cond_dim = self.config.audio_code_dim + self.config.expression_code_dim
+        self.proposal_networks = nn.ModuleList(
+            [
+                ConditionedProposalField(
+                    aabb,
+                    cond_dim=cond_dim,
+                    num_levels=self.config.proposal_levels[min(i, len(self.config.proposal_levels) - 1)],
+                    max_resolution=self.config.proposal_max_resolution[
+                        min(i, len(self.config.proposal_max_resolution) - 1)
+                    ],
+                    implementation=self.config.implementation,
+                )
+                for i in range(len(self.config.num_proposal_samples_per_ray))
+            ]
+        )
+        self.torso = TorsoField(
+            num_levels=self.config.torso_levels,
+            max_resolution=self.config.torso_max_resolution,
+            implementation=self.config.implementation,
+        )
+
+        def update_schedule(step: int) -> float:
+            return float(
+                np.clip(np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]), 1,
+                        self.config.proposal_update_every)
+            )
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=len(self.config.num_proposal_samples_per_ray),
+            single_jitter=self.config.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=UniformSampler(single_jitter=self.config.use_single_jitter),
+        )
+        self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
+        self.step = 0
+
+        from jean_nerfstudio.models.viewer_controls import JeanViewerControls
+
+        self.viewer_controls = JeanViewerControls(self)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+        groups = {
+            "fields": trainable(self.field) + trainable(self.torso),
+            "proposal_networks": trainable(self.proposal_networks),
+            "conditioning": trainable(self.audio) + trainable(self.expression),
+        }
+        if self.expression_objective is not None:
+            groups["conditioning"] += trainable(self.expression_objective)
+        return groups
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        callbacks = []
+
+        def set_step(step: int) -> None:
+            self.step = step
+            if self.config.use_proposal_weight_anneal:
+                frac = np.clip(step / self.config.proposal_weights_anneal_max_num_iters, 0, 1)
+                slope = self.config.proposal_weights_anneal_slope
+                self.proposal_sampler.set_anneal(slope * frac / ((slope - 1) * frac + 1))
+
+        callbacks.append(
+            TrainingCallback(where_to_run=[TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_every_num_iters=1, func=set_step)
+        )
+        callbacks.append(
+            TrainingCallback(
+                where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                update_every_num_iters=1,
+                func=self.proposal_sampler.step_cb,
+            )
+        )
+        return callbacks
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # per-ray conditioning
+    # ------------------------------------------------------------------------------------------------------------------
+    def ray_frame_indices(self, ray_bundle: RayBundle) -> Int[Tensor, "rays"]:
+        """Each ray's frame of the training clip: from camera metadata if a renderer set it, else from `times`."""
+        metadata = ray_bundle.metadata or {}
+        num_rays = ray_bundle.origins.shape[0]
+        if C.META_FRAME_INDEX in metadata:
+            index = metadata[C.META_FRAME_INDEX].reshape(num_rays, -1)[:, 0]
+        elif ray_bundle.times is not None:
+            index = ray_bundle.times.reshape(num_rays, -1)[:, 0] * (self.num_frames - 1)
+        else:
+            index = torch.zeros(num_rays, device=ray_bundle.origins.device)
+        return index.round().long().clamp(0, self.num_frames - 1)
+
+    def audio_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
+        """Audio codes of training-clip frames."""
+        return self.audio.codes(self.audio_windows, frames)
+
+    def expression_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
+        """Expression codes of training-clip frames."""
+        return self.expression.codes(self.expression_inputs, frames)
+
+    def ray_conditioning(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """Audio code, expression code, head-pose features and normalized pixel position of every ray."""
+        num_rays = ray_bundle.origins.shape[0]
+        metadata = ray_bundle.metadata or {}
+        frames = self.ray_frame_indices(ray_bundle)
+        needs_frame_codes = C.META_AUDIO_CODE not in metadata or C.META_EXPRESSION_CODE not in metadata
+        if needs_frame_codes:
+            unique, inverse = torch.unique(frames, return_inverse=True)
+        if C.META_AUDIO_CODE in metadata:
+            audio = metadata[C.META_AUDIO_CODE].reshape(num_rays, -1).float()
+        else:
+            audio = self.audio_codes_for_frames(unique)[inverse]
+        if C.META_EXPRESSION_CODE in metadata:
+            expression = metadata[C.META_EXPRESSION_CODE].reshape(num_rays, -1).float()
+        else:
+            expression = self.expression_codes_for_frames(unique)[inverse]
+        if C.META_POSE in metadata:
+            c2w = metadata[C.META_POSE].reshape(num_rays, 3, 4).float()
+        else:
+            c2w = self.clip_camera_to_worlds[frames]
+        pose = (head_pose_features(c2w) - self.pose_mean) / self.pose_std
+        uv = project_directions(ray_bundle.directions, c2w, self.intrinsics, self.image_width, self.image_height)
+        return {"audio": audio, "expression": expression, "pose": pose, "uv": uv, "frames": frames}
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # rendering
+    # ------------------------------------------------------------------------------------------------------------------
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor | List]:
+        cond = self.ray_conditioning(ray_bundle)
+        audio, expression = cond["audio"], cond["expression"]
+        proposal_cond = torch.cat([audio, expression], dim=-1).detach()
+        density_fns = [functools.partial(net.density_fn, cond=proposal_cond) for net in self.proposal_networks]
+        ray_samples, weights_list, ray_samples_list = self.proposal_sampler(ray_bundle, density_fns=density_fns)
+
+        positions = ray_samples.frustums.get_positions()  # [R, S, 3]
+        num_samples = positions.shape[1]
+        field_out = self.field(
+            positions,
+            ray_samples.frustums.directions,
+            audio[:, None, :].expand(-1, num_samples, -1),
+            expression[:, None, :].expand(-1, num_samples, -1),
+        )
+        weights = ray_samples.get_weights(field_out["density"])  # [R, S, 1]
+        weights_list.append(weights)
+        ray_samples_list.append(ray_samples)
+
+        head_rgb = (weights * field_out["rgb"]).sum(dim=-2)
+        accumulation = weights.sum(dim=-2).clamp(0.0, 1.0)
+        midpoints = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
+        depth = (weights * midpoints).sum(dim=-2) / accumulation.clamp_min(1e-6)
+
+        torso_rgb, torso_alpha = self.torso(cond["uv"], cond["pose"])
+        background = sample_image(self.background, cond["uv"])
+        under = torso_alpha * torso_rgb + (1.0 - torso_alpha) * background
+        rgb = head_rgb + (1.0 - accumulation) * under
+
+        safe_acc = accumulation.clamp_min(1e-6)
+        outputs: Dict[str, Tensor | List] = {
+            "rgb": rgb,
+            "rgb_head": head_rgb + (1.0 - accumulation) * background,
+            "accumulation": accumulation,
+            "depth": depth,
+            "torso_alpha": torso_alpha,
+            "audio_attention": (weights * field_out["audio_attention"]).sum(-2) / safe_acc * (accumulation > 1e-3),
+            "expression_attention": (weights * field_out["expression_attention"]).sum(-2) / safe_acc * (accumulation > 1e-3),
+        }
+        if self.training:
+            outputs["weights_list"] = weights_list
+            outputs["ray_samples_list"] = ray_samples_list
+            outputs["deformation_sq"] = (weights.detach() * field_out["offset"].pow(2).sum(-1, keepdim=True)).sum(-2)
+            outputs["audio_attention_raw"] = (weights.detach() * field_out["audio_attention"]).sum(-2)
+        return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
+        """Render a camera; viewer controls (when moved from their defaults) become per-camera codes here."""
+        camera = self.viewer_controls.apply(camera)
+        return super().get_outputs_for_camera(camera, obb_box=obb_box)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # losses and metrics
+    # ------------------------------------------------------------------------------------------------------------------
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        image = batch["image"].to(self.device)[..., :3]
+        metrics = {"psnr": psnr(outputs["rgb"], image)}
+        labels = batch_labels(batch, self.device)
+        if labels is not None:
+            mouth = labels == C.LABEL_MOUTH
+            if mouth.any():
+                metrics["psnr_mouth"] = psnr(outputs["rgb"][mouth], image[mouth])
+        if self.training:
+            metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
+        return metrics
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        image = batch["image"].to(self.device)[..., :3]
+        labels = batch_labels(batch, self.device)
+        rgb = outputs["rgb"]
+        per_ray = (rgb - image).pow(2).mean(dim=-1)
+        losses: Dict[str, Tensor] = {}
+        if labels is None:
+            losses["rgb_loss"] = per_ray.mean()
+        else:
+            mouth = (labels == C.LABEL_MOUTH).float()
+            head = ((labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)).float()
+            torso = (labels == C.LABEL_TORSO).float()
+            weight = 1.0 + self.config.mouth_rgb_weight * mouth
+            losses["rgb_loss"] = (weight * per_ray).sum() / weight.sum()
+            acc = outputs["accumulation"][:, 0]
+            losses["head_mask_loss"] = self.config.head_mask_loss_mult * (acc - head).pow(2).mean()
+            torso_alpha = outputs["torso_alpha"][:, 0]
+            not_head = 1.0 - head
+            losses["torso_mask_loss"] = self.config.torso_mask_loss_mult * (
+                ((torso_alpha - torso).pow(2) * not_head).sum() / not_head.sum().clamp_min(1.0)
+            )
+            if self.training:
+                off_mouth = head * (1.0 - mouth)
+                losses["audio_attention_loss"] = self.config.audio_attention_loss_mult * (
+                    (outputs["audio_attention_raw"][:, 0] * off_mouth).sum() / off_mouth.sum().clamp_min(1.0)
+                )
+        if self.training:
+            losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
+                outputs["weights_list"], outputs["ray_samples_list"]
+            )
+            assert metrics_dict is not None and "distortion" in metrics_dict
+            losses["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
+            losses["deformation_loss"] = self.config.deformation_loss_mult * outputs["deformation_sq"].mean()
+            if self.expression_objective is not None and self.config.expression_objective_mult > 0:
+                for name, value in self.expression_objective(self.expression.encoder, self.expression_inputs).items():
+                    losses[f"expression_{name}"] = self.config.expression_objective_mult * value
+        return losses
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        image = batch["image"].to(self.device)[..., :3]
+        rgb = outputs["rgb"].clamp(0.0, 1.0)
+        metrics = {"psnr": float(psnr(rgb, image)), "ssim": float(ssim(rgb, image))}
+        labels = batch_labels(batch, self.device)
+        if labels is not None:
+            mouth = labels == C.LABEL_MOUTH
+            if mouth.any():
+                metrics["psnr_mouth"] = float(psnr(rgb[mouth], image[mouth]))
+            head = (labels == C.LABEL_HEAD) | mouth
+            if head.any():
+                metrics["psnr_head"] = float(psnr(rgb[head], image[head]))
+        images = {
+            "img": torch.cat([image, rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "audio_attention": colormaps.apply_colormap(outputs["audio_attention"]),
+        }
+        return metrics, images
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# small pure functions (tested on their own)
+# ----------------------------------------------------------------------------------------------------------------------
+def head_pose_features(c2w: Float[Tensor, "*bs 3 4"]) -> Float[Tensor, "*bs 9"]:
+    """Head pose (canonical head -> camera) as its first two rotation columns and translation."""
+    rotation = c2w[..., :3, :3].transpose(-1, -2)  # world->camera rotation
+    translation = -(rotation @ c2w[..., :3, 3:4])[..., 0]
+    return torch.cat([rotation[..., :, 0], rotation[..., :, 1], translation], dim=-1)
+
+
+def project_directions(
+    directions: Float[Tensor, "rays 3"],
+    c2w: Float[Tensor, "rays 3 4"],
+    intrinsics: Float[Tensor, "4"],
+    width: int,
+    height: int,
+) -> Float[Tensor, "rays 2"]:
+    """Normalized pixel position ([0, 1]^2, x right, y down) where a ray's direction lands in its frame's camera.
+
+    Independent of the resolution the camera is rendered at, so the viewer's low-resolution previews and full
+    renders look up the same torso and background.
+    """
+    d_cam = (c2w[:, :3, :3].transpose(-1, -2) @ directions[:, :, None])[..., 0]  # OpenGL camera axes
+    depth = (-d_cam[:, 2]).clamp_min(1e-6)
+    fx, fy, cx, cy = intrinsics
+    u = cx + fx * d_cam[:, 0] / depth
+    v = cy - fy * d_cam[:, 1] / depth
+    return torch.stack([u / width, v / height], dim=-1)
+
+
+def sample_image(image: Float[Tensor, "3 H W"], uv: Float[Tensor, "rays 2"]) -> Float[Tensor, "rays 3"]:
+    """Bilinear lookup of an image at normalized pixel positions (edge pixels repeat outside)."""
+    grid = (uv * 2.0 - 1.0)[None, :, None, :].to(image.dtype)  # [1, R, 1, 2]
+    out = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, :, 0].transpose(0, 1).to(uv.dtype)
+
+
+def batch_labels(batch: Dict[str, Tensor], device) -> Optional[Int[Tensor, "*rays"]]:
+    labels = batch.get("labels")
+    if labels is None:
+        return None
+    labels = labels.to(device)
+    return labels[..., 0] if labels.shape[-1] == 1 else labels
+
+
+def psnr(prediction: Tensor, target: Tensor) -> Tensor:
+    mse = (prediction.float() - target.float()).pow(2).mean()
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def ssim(prediction: Float[Tensor, "H W 3"], target: Float[Tensor, "H W 3"]) -> Tensor:
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(
+        prediction.permute(2, 0, 1)[None].float(), target.permute(2, 0, 1)[None].float(), data_range=1.0
+    )

@@ -1,0 +1,67 @@
+"""Shared test fixtures.
+
+Real media lives in ../shared/data (beside the checkout, never in it); tests that need it skip with a message where
+it is absent, so the suite still passes on a machine that has only the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (synthetic_dataset)
+SHARED_DATA = Path(os.environ.get("JEAN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: real clips are test material that is never copied into the repository."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test media not found at {SHARED_DATA} (set JEAN_SHARED_DATA or place ../shared beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A tiny analytic contract-valid dataset (see tests/synthetic_dataset.py)."""
+    from synthetic_dataset import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "clip", num_frames=12, size=32)
+
+
+def small_pipeline_config(data: Path, **model_overrides):
+    """The jean-small pipeline config, shrunk for unit tests (torch grids, few samples)."""
+    from jean_nerfstudio.jean_config import jean_small_method
+
+    import copy
+
+    assert jean_small_method is not None
+    config = copy.deepcopy(jean_small_method.config)  # never mutate the registered method's config
+    pipeline = config.pipeline
+    pipeline.datamanager.data = data
+    pipeline.datamanager.dataparser.data = data
+    pipeline.datamanager.train_num_rays_per_batch = 256
+    pipeline.datamanager.eval_num_rays_per_batch = 256
+    pipeline.datamanager.frames_per_batch = 4
+    pipeline.datamanager.load_threads = 1
+    model = pipeline.model
+    model.implementation = "torch"
+    model.num_levels = 4
+    model.log2_hashmap_size = 10
+    model.max_resolution = 64
+    model.coarse_levels = 2
+    model.num_proposal_samples_per_ray = (16,)
+    model.num_nerf_samples_per_ray = 8
+    model.proposal_levels = (2,)
+    model.proposal_max_resolution = (32,)
+    model.torso_levels = 2
+    model.torso_max_resolution = 32
+    model.expression_encoder = "mlp"
+    model.eval_num_rays_per_chunk = 512
+    for key, value in model_overrides.items():
+        setattr(model, key, value)
+    return config

@@ -1,0 +1,120 @@
+"""The hash grid's torch path against a literal, per-point transcription of tiny-cuda-nn's grid arithmetic, and the
+tcnn kernel against the torch path on the same weights (GPU only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jean_nerfstudio.fields.hash_grid import TCNN_AVAILABLE, HashGrid, grid_levels, resolve_implementation
+
+PRIMES = (1, 2654435761, 805459861)
+
+
+def reference_encode(grid: HashGrid, point: np.ndarray) -> np.ndarray:
+    """tiny-cuda-nn's forward for one point, written the way its kernel reads (uint32 arithmetic, float32 math)."""
+    params = grid.params.detach().numpy().reshape(-1, grid.features_per_level)
+    out = []
+    dims = grid.num_dims
+    for level in grid.levels:
+        pos = np.float32(point) * np.float32(level.scale) + np.float32(0.5)
+        cell = np.floor(pos).astype(np.int64)
+        frac = pos - cell
+        value = np.zeros(grid.features_per_level, np.float64)
+        for corner in range(1 << dims):
+            local = [int(cell[d] + ((corner >> d) & 1)) & 0xFFFFFFFF for d in range(dims)]
+            weight = 1.0
+            for d in range(dims):
+                weight *= frac[d] if (corner >> d) & 1 else 1.0 - frac[d]
+            if level.hashed:
+                index = 0
+                for d in range(dims):
+                    index ^= (local[d] * PRIMES[d]) & 0xFFFFFFFF
+            else:
+                index, stride = 0, 1
+                for d in range(dims):
+                    index += local[d] * stride
+                    stride *= level.resolution
+                index &= 0xFFFFFFFF
+            value += weight * params[level.offset + index % level.size]
+        out.append(value)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("dims,levels,log2,base,top", [(3, 6, 12, 4, 128), (2, 5, 10, 8, 256), (3, 16, 14, 16, 1024)])
+def test_torch_path_matches_tcnn_arithmetic(dims, levels, log2, base, top):
+    torch.manual_seed(dims + levels)
+    grid = HashGrid(num_dims=dims, num_levels=levels, log2_hashmap_size=log2, base_resolution=base,
+                    max_resolution=top, implementation="torch", init_scale=1.0)
+    assert any(lv.hashed for lv in grid.levels) and not grid.levels[0].hashed  # both index modes are exercised
+    points = torch.rand(40, dims)
+    points[0] = 0.0
+    points[1] = 1.0
+    ours = grid(points).detach().numpy()
+    expected = np.stack([reference_encode(grid, p) for p in points.numpy()])
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_level_layout_is_tcnn_layout():
+    levels = grid_levels(3, 16, 16, math.exp((math.log(1024) - math.log(16)) / 15), 19)
+    # tiny-cuda-nn's documented rules: resolution = ceil(base * s^l - 1) + 1; table size = min(res^3 rounded up to 8,
+    # 2^19); offsets accumulate.
+    assert levels[0].resolution == 16 and levels[0].size == 16**3 and not levels[0].hashed
+    assert all(lv.size <= 2**19 and lv.size % 8 == 0 for lv in levels)
+    assert levels[-1].hashed and levels[-1].size == 2**19
+    assert all(b.offset == a.offset + a.size for a, b in zip(levels[:-1], levels[1:]))
+
+
+@pytest.mark.parametrize("batch_shape", [(7,), (3, 5), (2, 3, 4)])
+def test_batch_shapes_and_consistency(batch_shape):
+    grid = HashGrid(num_levels=4, log2_hashmap_size=10, base_resolution=4, max_resolution=64, implementation="torch")
+    points = torch.rand(*batch_shape, 3)
+    out = grid(points)
+    assert out.shape == (*batch_shape, grid.out_dim)
+    one_by_one = torch.stack([grid(p[None])[0] for p in points.reshape(-1, 3)]).reshape(out.shape)
+    torch.testing.assert_close(out, one_by_one)
+
+
+def test_gradients_reach_only_touched_entries():
+    grid = HashGrid(num_levels=3, log2_hashmap_size=10, base_resolution=4, max_resolution=16, implementation="torch")
+    grid(torch.full((1, 3), 0.3)).sum().backward()
+    touched = (grid.params.grad != 0).sum().item()
+    assert 0 < touched <= 3 * 8 * grid.features_per_level
+
+
+def test_implementation_selection_without_cuda():
+    if torch.cuda.is_available() and TCNN_AVAILABLE:
+        pytest.skip("this machine has tinycudann + CUDA; selection covered by the GPU test")
+    assert resolve_implementation("auto") == "torch"
+    assert resolve_implementation("tcnn") == "torch"  # asked for tcnn, not importable: the torch grid, not a crash
+    assert resolve_implementation("torch") == "torch"
+    assert HashGrid(num_levels=2, log2_hashmap_size=8, implementation="auto").implementation == "torch"
+
+
+def test_state_dict_is_implementation_independent():
+    a = HashGrid(num_levels=3, log2_hashmap_size=10, implementation="torch")
+    b = HashGrid(num_levels=3, log2_hashmap_size=10, implementation="auto")
+    assert list(a.state_dict()) == list(b.state_dict()) == ["params"]
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(9, 3)
+    torch.testing.assert_close(a(x), b.torch_forward(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and TCNN_AVAILABLE), reason="needs CUDA and tinycudann")
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tcnn_matches_torch_on_same_weights(dims):
+    torch.manual_seed(0)
+    grid = HashGrid(num_dims=dims, num_levels=16, log2_hashmap_size=15, base_resolution=16, max_resolution=2048,
+                    implementation="tcnn", tcnn_dtype=torch.float32, init_scale=1.0).cuda()
+    points = torch.rand(4096, dims, device="cuda")
+    fast = grid(points)
+    reference = grid.torch_forward(points)
+    torch.testing.assert_close(fast.float(), reference, rtol=1e-4, atol=1e-4)
+    # Gradients agree too (the tcnn kernel's backward scatters into the same table entries).
+    g1 = torch.autograd.grad(fast.float().square().sum(), grid.params)[0]
+    g2 = torch.autograd.grad(reference.square().sum(), grid.params)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)

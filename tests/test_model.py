@@ -1,0 +1,125 @@
+"""The JEAN model on the analytic synthetic dataset: per-ray conditioning, batch independence, render overrides,
+viewer controls, and the geometry helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_pipeline_config
+
+from jean_nerfstudio import constants as C
+from jean_nerfstudio.models.jean_model import head_pose_features, project_directions, sample_image
+from jean_nerfstudio.models.viewer_controls import AUDIO_MUTED, AUDIO_OTHER, EXPR_NEUTRAL
+
+
+@pytest.fixture(scope="module")
+def pipeline(synthetic_dataset):
+    torch.manual_seed(0)
+    config = small_pipeline_config(synthetic_dataset)
+    pipe = config.pipeline.setup(device="cpu", test_mode="val")
+    # A few optimizer-free steps of random weights are enough: these tests are about wiring, not quality.
+    pipe.eval()
+    return pipe
+
+
+def eval_rays(pipe, camera_index: int, pixels):
+    """Rays of the eval-free training cameras at the given (y, x) pixels."""
+    dm = pipe.datamanager
+    idx = torch.tensor([[camera_index, y, x] for y, x in pixels])
+    return dm.train_ray_generator(idx)
+
+
+def test_ray_output_does_not_depend_on_its_batch(pipeline):
+    model = pipeline.model
+    lone = eval_rays(pipeline, 3, [(16, 16)])
+    mixed = eval_rays(pipeline, 0, [(5, 5), (20, 9)])
+    crowd = eval_rays(pipeline, 3, [(16, 16)])
+    from nerfstudio.cameras.rays import RayBundle
+
+    def cat(a: RayBundle, b: RayBundle) -> RayBundle:
+        return RayBundle(
+            origins=torch.cat([a.origins, b.origins]),
+            directions=torch.cat([a.directions, b.directions]),
+            pixel_area=torch.cat([a.pixel_area, b.pixel_area]),
+            camera_indices=torch.cat([a.camera_indices, b.camera_indices]),
+            times=torch.cat([a.times, b.times]),
+            metadata={k: torch.cat([a.metadata[k], b.metadata[k]]) for k in a.metadata},
+        )
+
+    with torch.no_grad():
+        alone = model(lone)
+        together = model(cat(mixed, crowd))
+    for key in ("rgb", "accumulation", "depth", "audio_attention"):
+        torch.testing.assert_close(alone[key][0], together[key][2], rtol=1e-5, atol=1e-5)
+
+
+def test_codes_follow_times_not_camera_indices(pipeline):
+    model = pipeline.model
+    bundle = eval_rays(pipeline, 0, [(16, 16), (16, 16)])
+    bundle.camera_indices = torch.zeros_like(bundle.camera_indices)  # what get_outputs_for_camera does
+    bundle.times = torch.tensor([[0.0], [1.0]])
+    frames = model.ray_frame_indices(bundle)
+    assert frames.tolist() == [0, model.num_frames - 1]
+    cond = model.ray_conditioning(bundle)
+    assert not torch.allclose(cond["audio"][0], cond["audio"][1])
+
+
+def test_renderer_supplied_codes_override_the_frames_own(pipeline):
+    model = pipeline.model
+    bundle = eval_rays(pipeline, 2, [(16, 16)])
+    frame = model.ray_frame_indices(bundle)
+    with torch.no_grad():
+        own = model(bundle)
+        audio = model.audio_codes_for_frames(frame)
+        expression = model.expression_codes_for_frames(frame)
+        bundle.metadata[C.META_AUDIO_CODE] = audio
+        bundle.metadata[C.META_EXPRESSION_CODE] = expression
+        same = model(bundle)
+        bundle.metadata[C.META_AUDIO_CODE] = audio + 3.0
+        different = model(bundle)
+    torch.testing.assert_close(own["rgb"], same["rgb"])
+    assert not torch.allclose(own["audio_attention"], different["audio_attention"]) or not torch.allclose(
+        own["rgb"], different["rgb"]
+    )
+
+
+def test_full_camera_render_and_viewer_controls(pipeline):
+    model = pipeline.model
+    camera = pipeline.datamanager.train_dataset.cameras[2:3]
+    controls = model.viewer_controls
+    default = controls.read()
+    assert controls.apply(camera, default) is camera  # defaults change nothing
+    outputs = model.get_outputs_for_camera(camera)
+    assert outputs["rgb"].shape == (32, 32, 3)
+    assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].min() >= 0 and outputs["rgb"].max() <= 1
+    muted = dict(default, audio_source=AUDIO_MUTED)
+    other = dict(default, audio_source=AUDIO_OTHER, audio_frame=model.num_frames - 1)
+    neutral = dict(default, expression_source=EXPR_NEUTRAL)
+    for values in (muted, other, neutral):
+        changed = controls.apply(camera, values)
+        assert C.META_AUDIO_CODE in changed.metadata and C.META_EXPRESSION_CODE in changed.metadata
+    own_code = model.audio_codes_for_frames(torch.tensor([2]))
+    muted_code = controls.apply(camera, muted).metadata[C.META_AUDIO_CODE]
+    assert not torch.allclose(own_code, muted_code)
+
+
+def test_projection_recovers_each_rays_pixel(pipeline):
+    model = pipeline.model
+    pixels = [(0, 0), (5, 27), (31, 31), (16, 3)]
+    bundle = eval_rays(pipeline, 4, pixels)
+    c2w = bundle.metadata[C.META_POSE].reshape(-1, 3, 4)
+    uv = project_directions(bundle.directions, c2w, model.intrinsics, model.image_width, model.image_height)
+    expected = torch.tensor([[(x + 0.5) / 32, (y + 0.5) / 32] for y, x in pixels])
+    torch.testing.assert_close(uv, expected, rtol=0, atol=1e-4)
+
+
+def test_background_lookup_is_pixel_exact():
+    image = torch.rand(3, 8, 8)
+    uv = torch.tensor([[(3 + 0.5) / 8, (6 + 0.5) / 8]])
+    torch.testing.assert_close(sample_image(image, uv)[0], image[:, 6, 3])
+
+
+def test_head_pose_features_of_identity_pose():
+    c2w = torch.eye(4)[:3][None]
+    features = head_pose_features(c2w)
+    torch.testing.assert_close(features[0], torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0]))
