@@ -23,10 +23,10 @@ def _build(small: bool) -> MethodSpecification:
     from nerfstudio.engine.optimizers import AdamOptimizerConfig
     from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
     from nerfstudio.engine.trainer import TrainerConfig
-    from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
     from jean_nerfstudio.data.datamanager import JeanDataManagerConfig
     from jean_nerfstudio.models.jean_model import JeanModelConfig
+    from jean_nerfstudio.pipeline import JeanPipelineConfig
 
     steps = 3000 if small else 40000
 
@@ -66,7 +66,7 @@ def _build(small: bool) -> MethodSpecification:
         max_num_iterations=steps,
         mixed_precision=True,
         machine=MachineConfig(device_type=default_device_type()),
-        pipeline=VanillaPipelineConfig(datamanager=datamanager, model=model),
+        pipeline=JeanPipelineConfig(datamanager=datamanager, model=model),
         optimizers={
             "fields": optimizer(1e-2, 1e-4),
             "proposal_networks": optimizer(1e-2, 1e-4),

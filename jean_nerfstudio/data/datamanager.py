@@ -67,8 +67,9 @@ class FrameStore:
         self.height, self.width = int(self.images.shape[1]), int(self.images.shape[2])
         head = (self.labels == C.LABEL_HEAD) | (self.labels == C.LABEL_MOUTH)
         self.full_box = torch.tensor([0, 0, self.width, self.height], device=device).expand(n, 4)
-        self.head_box = masks_to_boxes(head, fallback=self.full_box, margin=4)
-        self.mouth_box = masks_to_boxes(self.labels == C.LABEL_MOUTH, fallback=self.head_box, margin=4)
+        margin = max(1, round(0.02 * max(self.width, self.height)))  # a little context around the face's edge
+        self.head_box = masks_to_boxes(head, fallback=self.full_box, margin=margin)
+        self.mouth_box = masks_to_boxes(self.labels == C.LABEL_MOUTH, fallback=self.head_box, margin=margin)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

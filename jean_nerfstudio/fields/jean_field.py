@@ -114,19 +114,13 @@ class JeanHeadField(nn.Module):
         self.direction_encoding = SHEncoding(levels=3, implementation="torch")
         self.color_mlp = mlp(geo_feat_dim + self.direction_encoding.get_out_dim(), hidden_dim, 3, layers=2)
 
-    def forward(
+    def density_and_geometry(
         self,
         positions: Float[Tensor, "*bs 3"],
-        directions: Float[Tensor, "*bs 3"],
         audio_code: Float[Tensor, "*bs audio_dim"],
         expression_code: Float[Tensor, "*bs expression_dim"],
     ) -> Dict[str, Tensor]:
-        """Evaluate the field at sample points; codes are already broadcast to the points' batch shape.
-
-        Returns:
-            density [*bs, 1], rgb [*bs, 3], offset [*bs, 3] (scene units), audio_attention and
-            expression_attention [*bs, 1] (mean attention, for the rendered attention maps).
-        """
+        """Density and the features the colour needs, without the colour (renderers skip colour where T ~ 0)."""
         x = normalize_to_box(positions, self.aabb)
         inside = inside_unit_box(x)
         x_clamped = x.clamp(0.0, 1.0)
@@ -141,18 +135,35 @@ class JeanHeadField(nn.Module):
 
         h = self.density_mlp(torch.cat([features, conditioned], dim=-1))
         density_raw, geo = h.split([1, self.geo_feat_dim], dim=-1)
-        density = trunc_exp(density_raw.float() - 1.0) * inside
-
-        # The torch SH basis takes unit vectors (tcnn's takes [0, 1]; this field always uses the torch basis: it is cheap).
-        sh = self.direction_encoding(directions).to(geo.dtype)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh], dim=-1)))
         return {
-            "density": density,
-            "rgb": rgb,
+            "density": trunc_exp(density_raw.float() - 1.0) * inside,
+            "geometry": geo,
             "offset": offset * inside,
             "audio_attention": att_audio.mean(dim=-1, keepdim=True),
             "expression_attention": att_expr.mean(dim=-1, keepdim=True),
         }
+
+    def color(self, geometry: Float[Tensor, "*bs geo"], directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
+        # The torch SH basis takes unit vectors (tcnn's takes [0, 1]; this field always uses the torch basis: it is cheap).
+        sh = self.direction_encoding(directions).to(geometry.dtype)
+        return torch.sigmoid(self.color_mlp(torch.cat([geometry, sh], dim=-1)))
+
+    def forward(
+        self,
+        positions: Float[Tensor, "*bs 3"],
+        directions: Float[Tensor, "*bs 3"],
+        audio_code: Float[Tensor, "*bs audio_dim"],
+        expression_code: Float[Tensor, "*bs expression_dim"],
+    ) -> Dict[str, Tensor]:
+        """Evaluate the field at sample points; codes are already broadcast to the points' batch shape.
+
+        Returns:
+            density [*bs, 1], rgb [*bs, 3], offset [*bs, 3] (scene units), audio_attention and
+            expression_attention [*bs, 1] (mean attention, for the rendered attention maps).
+        """
+        out = self.density_and_geometry(positions, audio_code, expression_code)
+        out["rgb"] = self.color(out.pop("geometry"), directions)
+        return out
 
 
 class ConditionedProposalField(nn.Module):

@@ -1,0 +1,95 @@
+"""The `jean-data` dataparser and the JEAN datamanager."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jean_nerfstudio import constants as C
+from jean_nerfstudio.contract import DatasetError, ProcessedClip
+from jean_nerfstudio.data.dataparser import JeanDataParserConfig
+from jean_nerfstudio.data.datamanager import masks_to_boxes
+
+
+def test_cameras_times_split_and_metadata(synthetic_dataset):
+    parser = JeanDataParserConfig(data=synthetic_dataset).setup()
+    train = parser.get_dataparser_outputs("train")
+    held_out = parser.get_dataparser_outputs("val")
+    clip = ProcessedClip.open(synthetic_dataset)
+    assert len(train.image_filenames) == len(clip.train_indices) and len(held_out.image_filenames) == len(clip.eval_indices)
+    assert parser.includes_time
+    last = clip.num_frames - 1
+    torch.testing.assert_close(held_out.cameras.times[:, 0], torch.tensor(clip.eval_indices, dtype=torch.float32) / last)
+    assert held_out.cameras.metadata[C.META_POSE].shape == (len(clip.eval_indices), 12)
+    assert train.metadata["jean_camera_to_worlds"].shape == (clip.num_frames, 3, 4)
+    assert train.scene_box.aabb.shape == (2, 3)
+
+
+def edited_copy(src, dst, **changes):
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / C.METADATA_FILE).read_text())
+    meta.update(changes)
+    (dst / C.METADATA_FILE).write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "changes,expected",
+    [({"complete": False}, "unfinished"), ({"contract_version": 0}, "contract version 0")],
+)
+def test_refuses_unfinished_or_foreign_datasets(synthetic_dataset, tmp_path, changes, expected):
+    bad = edited_copy(synthetic_dataset, tmp_path / "bad", **changes)
+    with pytest.raises(DatasetError, match=expected):
+        ProcessedClip.open(bad)
+    # Through the CLI path: one red line, exit code 2, no traceback.
+    code = (
+        "from jean_nerfstudio.data.dataparser import JeanDataParserConfig;"
+        f"JeanDataParserConfig(data=__import__('pathlib').Path({str(bad)!r})).setup().get_dataparser_outputs('train')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert expected in run.stdout and "Traceback" not in run.stdout + run.stderr
+    assert "jean-process" in run.stdout  # the fix is named
+
+
+def test_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="not a jean dataset"):
+        ProcessedClip.open(tmp_path)
+    with pytest.raises(DatasetError, match="no such dataset folder"):
+        ProcessedClip.open(tmp_path / "missing")
+
+
+def test_masks_to_boxes():
+    masks = torch.zeros(2, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:7] = True
+    fallback = torch.tensor([0, 0, 12, 10]).expand(2, 4)
+    boxes = masks_to_boxes(masks, fallback, margin=1)
+    assert boxes[0].tolist() == [2, 1, 8, 6]
+    assert boxes[1].tolist() == [0, 0, 12, 10]  # empty mask: the fallback
+
+
+def test_sampler_groups_rays_by_frame_and_favours_the_face(synthetic_dataset):
+    from conftest import small_pipeline_config
+
+    config = small_pipeline_config(synthetic_dataset)
+    config.pipeline.datamanager.frames_per_batch = 3
+    config.pipeline.datamanager.train_num_rays_per_batch = 3000
+    config.pipeline.datamanager.head_ray_fraction = 0.6
+    config.pipeline.datamanager.mouth_ray_fraction = 0.2
+    dm = config.pipeline.datamanager.setup(device="cpu")
+    bundle, batch = dm.next_train(0)
+    assert bundle.origins.shape == (3000, 3)
+    assert len(torch.unique(batch["indices"][:, 0])) == 3
+    labels = batch["labels"]
+    head_share = ((labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)).float().mean()
+    store = dm.train_frames
+    base_share = ((store.labels == C.LABEL_HEAD) | (store.labels == C.LABEL_MOUTH)).float().mean()
+    assert head_share > base_share + 0.2  # importance sampling works
+    # Pixels and labels returned are the ones at the sampled indices.
+    f, y, x = batch["indices"][7].tolist()
+    torch.testing.assert_close(batch["image"][7], store.images[f, y, x].float() / 255.0)
