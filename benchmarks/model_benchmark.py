@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 from datetime import date
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import evaluate_held_out, train  # noqa: E402
 
 
 def jean_pipeline_config(data: Path, rays: int, expression_encoder: str):
@@ -94,60 +96,6 @@ def offline_lpips_placeholder() -> None:
     lpip_module.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc]
 
 
-def train(config, iterations: int) -> Dict[str, float]:
-    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
-    from nerfstudio.engine.optimizers import Optimizers
-
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
-    pipeline.train()
-    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
-    callbacks = pipeline.get_training_callbacks(
-        TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
-    )
-    times: List[float] = []
-    for step in range(iterations):
-        start = time.perf_counter()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        optimizers.zero_grad_all()
-        _, loss_dict, _ = pipeline.get_train_loss_dict(step=step)
-        loss = sum(loss_dict.values())
-        loss.backward()  # type: ignore[union-attr]
-        optimizers.optimizer_step_all()
-        optimizers.scheduler_step_all(step)
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        times.append(time.perf_counter() - start)
-    rays = config.pipeline.datamanager.train_num_rays_per_batch
-    steady = np.median(times[min(10, len(times) - 1):])
-    return {"pipeline": pipeline, "seconds_per_iteration": float(steady), "rays_per_second": float(rays / steady),
-            "wall_seconds": float(sum(times))}
-
-
-@torch.no_grad()
-def evaluate(pipeline) -> Dict[str, float]:
-    from jean_nerfstudio import constants as C
-    from jean_nerfstudio.data.dataset import read_labels
-    from jean_nerfstudio.models.jean_model import psnr
-
-    pipeline.eval()
-    dataset = pipeline.datamanager.eval_dataset
-    seg = dataset.metadata["segmentation_filenames"]
-    sums = {"psnr": [], "psnr_head": [], "psnr_mouth": []}
-    for i in range(len(dataset)):
-        camera = dataset.cameras[i : i + 1]
-        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
-        image = dataset.get_image_float32(i)[..., :3]
-        labels = read_labels(seg[i])[..., 0]
-        head = (labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)
-        mouth = labels == C.LABEL_MOUTH
-        sums["psnr"].append(float(psnr(rgb, image)))
-        sums["psnr_head"].append(float(psnr(rgb[head], image[head])))
-        if mouth.any():
-            sums["psnr_mouth"].append(float(psnr(rgb[mouth], image[mouth])))
-    return {k: float(np.mean(v)) for k, v in sums.items() if v}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a processed clip folder")
@@ -169,17 +117,17 @@ def main() -> None:
     }
     # Throughput: alternate short runs so both see the same machine load.
     for name, cfg in (("jean", jean_cfg), ("nerfacto", nerfacto_cfg)):
-        run = train(cfg, args.throughput_iterations)
-        results[f"{name}_rays_per_second"] = run["rays_per_second"]
-        print(f"{name}: {run['rays_per_second']:.0f} rays/s ({run['seconds_per_iteration'] * 1000:.0f} ms/it)")
+        run = train(cfg, "cpu", max_steps=args.throughput_iterations)
+        results[f"{name}_rays_per_second"] = args.rays / run.seconds_per_iteration
+        print(f"{name}: {args.rays / run.seconds_per_iteration:.0f} rays/s ({run.seconds_per_iteration * 1000:.0f} ms/it)")
     results["jean_over_nerfacto_time_ratio"] = results["nerfacto_rays_per_second"] / results["jean_rays_per_second"]  # type: ignore[operator]
     print(f"conditioning overhead: {results['jean_over_nerfacto_time_ratio']:.2f}x")
     if not args.skip_quality:
         for name, cfg in (("jean", jean_cfg), ("nerfacto", nerfacto_cfg)):
-            run = train(cfg, args.iterations)
-            metrics = evaluate(run["pipeline"])
+            run = train(cfg, "cpu", max_steps=args.iterations)
+            metrics = evaluate_held_out(run.pipeline)
             results[f"{name}_held_out"] = metrics
-            results[f"{name}_train_wall_seconds"] = run["wall_seconds"]
+            results[f"{name}_train_seconds"] = run.train_seconds
             print(name, {k: round(v, 2) for k, v in metrics.items()})
         results["iterations"] = args.iterations
     if args.output:
