@@ -76,6 +76,11 @@ class ProcessedClip:
         """Open `root`, refusing folders that are not a finished dataset of this contract version."""
         root = Path(root)
         meta_path = root / C.METADATA_FILE
+        if root.exists() and not root.is_dir():
+            raise DatasetError(
+                f"{root}: is a file, not a dataset folder; if it is your video, process it first with "
+                f"`jean-process {root} --output {root.parent / root.stem}` and pass that folder."
+            )
         if not root.is_dir():
             raise DatasetError(f"{root}: no such dataset folder; create it with `jean-process VIDEO --output {root}`.")
         if not meta_path.is_file():
@@ -162,7 +167,13 @@ class ProcessedClip:
         path = self.feature_path(name)
         if not path.is_file():
             raise DatasetError(f"{path}: missing feature {name!r}; re-run `jean-process` on this dataset with --force.")
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # cut short (interrupted copy, full disk) or not an array
+            raise DatasetError(
+                f"{path}: unreadable feature {name!r} ({type(err).__name__}: the file is cut short or corrupt); copy the "
+                f"dataset again, or re-run `jean-process VIDEO --output {self.root} --force`."
+            ) from err
         if name != "mel" and array.shape[0] != self.num_frames:
             raise DatasetError(
                 f"{path}: has {array.shape[0]} frames but {C.METADATA_FILE} says {self.num_frames}; "

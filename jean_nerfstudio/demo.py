@@ -52,8 +52,8 @@ class DemoConfig:
     """Training gets at least this long (the render is shortened first)."""
     heldout_frames: int = 4
     """Held-out frames that jean-eval renders and compares."""
-    expression_encoder: Literal["transformer", "mlp"] = "mlp"
-    """The model's expression encoder; 'mlp' is the light per-frame one (the transformer costs more CPU time)."""
+    expression_encoder: Literal["transformer", "mlp"] = "transformer"
+    """The model's expression encoder: JEAN's transformer (trained here, end to end) or the light per-frame MLP."""
     seed: int = 0
     """Seed of the generated clip's syllables; the new speech uses another one."""
     dry_run: bool = False

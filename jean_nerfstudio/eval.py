@@ -316,6 +316,26 @@ def machine_description(device) -> Dict[str, Any]:
     return info
 
 
+def check_rendered(path: Path) -> None:
+    """A render to measure must be a whole, readable video with sound; checked before the model loads (one line,
+    `RenderInputError`), so an empty, foreign or truncated file never ends in a traceback or in metrics of half a
+    video."""
+    from jean_nerfstudio.process.decode import probe_video
+    from jean_nerfstudio.process.errors import ProcessError
+    from jean_nerfstudio.render.errors import RenderInputError
+
+    if not path.is_file():
+        raise RenderInputError(f"{path}: no such video; give the mp4 that jean-render wrote.")
+    try:
+        info = probe_video(path)  # empty, unreadable, no video stream, no frames, truncated: one line each
+    except ProcessError as err:
+        raise RenderInputError(str(err)) from err
+    if not info.has_audio:
+        raise RenderInputError(
+            f"{path}: has no audio track; give the mp4 that jean-render wrote (its lips are measured against its sound)."
+        )
+
+
 def run(config: EvalConfig) -> Dict[str, Any]:
     """Evaluate and return the report (also written to `config.output` when set)."""
     from jean_nerfstudio.contract import ProcessedClip
@@ -329,8 +349,8 @@ def run(config: EvalConfig) -> Dict[str, Any]:
         raise RenderInputError("give --new-audio (render and measure) or --rendered (measure a render), not both.")
     if config.new_audio is not None:
         load_driving_audio(config.new_audio, max_seconds=config.new_audio_seconds)  # bad audio fails before loading
-    if config.rendered is not None and not Path(config.rendered).is_file():
-        raise RenderInputError(f"{config.rendered}: no such video; give the mp4 that jean-render wrote.")
+    if config.rendered is not None:
+        check_rendered(Path(config.rendered))
     if config.sync_encoder is not None:
         from jean_nerfstudio.audio.checkpoint import read_checkpoint
 
@@ -439,7 +459,11 @@ def entrypoint() -> None:
 
     quiet_library_warnings()
     tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(EvalConfig, description=__doc__.split("\n\n")[0]))
+    from jean_nerfstudio.process.native_log import filtered_native_stderr
+
+    config = tyro.cli(EvalConfig, description=__doc__.split("\n\n")[0])
+    with filtered_native_stderr():  # MediaPipe's native log lines (face metrics) would bury a one-line error
+        main(config)
 
 
 if __name__ == "__main__":

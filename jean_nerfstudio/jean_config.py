@@ -22,11 +22,10 @@ def _build(small: bool) -> MethodSpecification:
     from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
     from nerfstudio.engine.optimizers import AdamOptimizerConfig
     from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-    from nerfstudio.engine.trainer import TrainerConfig
-
     from jean_nerfstudio.data.datamanager import JeanDataManagerConfig
     from jean_nerfstudio.models.jean_model import JeanModelConfig
     from jean_nerfstudio.pipeline import JeanPipelineConfig
+    from jean_nerfstudio.trainer import JeanTrainerConfig
 
     steps = 3000 if small else 40000
 
@@ -50,6 +49,7 @@ def _build(small: bool) -> MethodSpecification:
             proposal_weights_anneal_max_num_iters=300,
             torso_levels=8,
             torso_max_resolution=256,
+            expression_objective_every=8,
             eval_num_rays_per_chunk=1 << 13,
         )
         datamanager = JeanDataManagerConfig(train_num_rays_per_batch=1024, eval_num_rays_per_batch=1024, frames_per_batch=16)
@@ -57,7 +57,7 @@ def _build(small: bool) -> MethodSpecification:
         model = JeanModelConfig(eval_num_rays_per_chunk=1 << 16)
         datamanager = JeanDataManagerConfig()
 
-    config = TrainerConfig(
+    config = JeanTrainerConfig(
         method_name="jean-small" if small else "jean",
         steps_per_eval_batch=250 if small else 500,
         steps_per_eval_image=500 if small else 2000,

@@ -17,6 +17,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers (synthe
 SHARED_DATA = Path(os.environ.get("JEAN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def fresh_nerfstudio_writers():
+    """Drop the event writers a test's in-process `ns-train` left in nerfstudio's module globals.
+
+    nerfstudio keeps its tensorboard writers in `nerfstudio.utils.writer.EVENT_WRITERS`; a run with a relative output
+    folder under a test's temporary working directory would otherwise be written to by every later training test.
+    """
+    yield
+    writer = sys.modules.get("nerfstudio.utils.writer")
+    if writer is None:
+        return
+    for event_writer in list(writer.EVENT_WRITERS):
+        tb_writer = getattr(event_writer, "tb_writer", None)
+        try:
+            if tb_writer is not None:
+                tb_writer.close()
+        except Exception:  # its folder may be gone with the test's working directory; it is dropped either way
+            pass
+    writer.EVENT_WRITERS.clear()
+    writer.EVENT_STORAGE.clear()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip: real clips are test material that is never copied into the repository."""

@@ -134,15 +134,13 @@ def test_sync_scorer_runs_both_towers_of_a_checkpoint(talking, tmp_path):
     assert too_short.similarity is None and "too few" in too_short.reason
 
 
-def test_lpips_reports_missing_backbone_weights(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        metric = image.Lpips("alex")
-    finally:
-        torch.hub.set_dir(previous)
+def test_lpips_reports_missing_backbone_weights(tmp_path, monkeypatch):
+    # TORCH_HOME, not torch.hub.set_dir: set_dir pins the folder for the rest of the session and would hide
+    # later tests' TORCH_HOME.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    metric = image.Lpips("alex")
     assert not metric.available and metric(torch.zeros(8, 8, 3), torch.zeros(8, 8, 3)) is None
-    assert "alexnet" in metric.reason and str(tmp_path / "hub") in metric.reason
+    assert "alexnet" in metric.reason and str(tmp_path / "torch" / "hub") in metric.reason
 
 
 def test_lpips_when_the_backbone_is_installed():

@@ -88,6 +88,11 @@ def test_full_frame_matches_reference_renderer(dense_model):
     reference = model.get_outputs_for_camera(camera)
     assert fast["rgb"].shape == reference["rgb"].shape
     assert psnr(fast["rgb"], reference["rgb"]) > 30.0
+    # Memory bounding by field-call chunks changes nothing but peak memory.
+    renderer.config.chunk_points = 97
+    chunked = renderer.render_frame(camera.camera_to_worlds[0], model.audio_codes_for_frames(frame)[0],
+                                    model.expression_codes_for_frames(frame)[0])
+    assert torch.allclose(chunked["rgb"], fast["rgb"], atol=1e-5)
 
 
 @torch.no_grad()
@@ -115,3 +120,25 @@ def test_occupancy_is_conservative(dense_model):
     dense_points = points[density > 10 * renderer.config.density_threshold]
     assert dense_points.shape[0] > 0
     assert renderer._occupied(dense_points).float().mean() > 0.99
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_full_frame_matches_reference_renderer_on_cuda(dense_model):
+    """The fast path as it runs for users: on CUDA with mixed precision, against the reference renderer."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (the CPU comparison above runs everywhere)")
+    from jean_nerfstudio.models.jean_model import psnr
+
+    model = dense_model.model.to("cuda")
+    try:
+        renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32))
+        renderer.build_occupancy_from_training_clip(max_codes=4)
+        camera = dense_model.datamanager.train_dataset.cameras[5:6].to("cuda")
+        frame = torch.tensor([5], device="cuda")
+        fast = renderer.render_frame(camera.camera_to_worlds[0], model.audio_codes_for_frames(frame)[0],
+                                     model.expression_codes_for_frames(frame)[0])
+        reference = model.get_outputs_for_camera(camera)
+        assert psnr(fast["rgb"].float(), reference["rgb"].float()) > 30.0
+    finally:
+        model.to("cpu")

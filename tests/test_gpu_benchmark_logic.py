@@ -38,7 +38,9 @@ def test_pack_downloads_every_wheel_for_the_gpu_python_and_fits(tmp_path, synthe
     assert all("cp311" not in w for w in wheels)
     assert any("cp312" in w for w in wheels)
     assert (dest / "data" / "clip" / "jean.json").is_file()
-    assert not (dest / "data" / "clip" / "features" / "landmarks_2d.npy").exists()  # only what the model reads
+    # every contract feature (the dataparser checks the dataset is whole), but no stage stamps or caches
+    assert (dest / "data" / "clip" / "features" / "landmarks_2d.npy").exists()
+    assert not (dest / "data" / "clip" / ".stages").exists()
     assert "total" in run.stdout
 
 
@@ -58,5 +60,5 @@ def test_dry_run_of_the_gpu_command(tmp_path, synthetic_dataset):
                 "peak_gpu_memory_gib", "occupied_fraction"):
         assert key in result
     assert result["psnr_vs_time"] and result["psnr_vs_time"][-1]["psnr"] > 0
-    assert (out / "torch_heldout_gt_ref_fast.png").is_file()
+    assert (out / "torch_heldout_gt_ref_fast.png").is_file() and (out / "logs.tgz").is_file()
     assert json.loads((out / "summary.json").read_text())["results"]["torch"]["implementation"] == "torch"

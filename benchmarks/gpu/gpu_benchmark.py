@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List
@@ -46,7 +47,6 @@ def build_config(data: Path, implementation: str, dry_run: bool):
         config.pipeline.model.num_proposal_samples_per_ray = (16,)
         config.pipeline.model.num_nerf_samples_per_ray = 8
         config.pipeline.model.torso_levels = 2
-        config.pipeline.model.expression_encoder = "mlp"
     return config
 
 
@@ -159,8 +159,12 @@ def main() -> None:
         evaluate=lambda p: evaluate_held_out(p, max_frames=args.eval_frames),
     )
     final = evaluate_held_out(run.pipeline, max_frames=args.eval_frames)
-    rendering = measure_rendering(run.pipeline, args.render_size, args.render_frames, device, args.out,
-                                  args.implementation, args.grid_resolution, args.occupancy_codes)
+    try:
+        rendering = measure_rendering(run.pipeline, args.render_size, args.render_frames, device, args.out,
+                                      args.implementation, args.grid_resolution, args.occupancy_codes)
+    except Exception:  # keep the training numbers of a one-shot GPU session even when rendering fails
+        traceback.print_exc()
+        rendering = {"rendering_error": traceback.format_exc(limit=-4).strip().splitlines()[-6:]}
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "device": gpu_name(device),

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import List
 
+from jean_nerfstudio import constants as C
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -49,13 +51,13 @@ WHEELS = [
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
-# The dataset files the model reads (see docs/dataset_contract.md); landmarks_2d etc. stay behind.
+# The dataset files the model reads (see docs/dataset_contract.md): every contract feature, since the dataparser
+# checks that the dataset is whole before training. Stage stamps and caches stay behind.
 DATASET_ITEMS = ["jean.json", "transforms.json", "background.png", "audio.wav", "images", "segmentation",
-                 "features/mel.npy", "features/mel_windows.npy", "features/blendshapes.npy", "features/eye_blink.npy",
-                 "features/landmarks_canonical.npy", "features/face_detected.npy", "features/head_pose.npy"]
+                 *(f"features/{name}" for name in C.FEATURE_FILES.values())]
 # What tiny-cuda-nn's torch bindings build needs (headers, sources, the bindings, fmt, small vendored headers).
 TCNN_ITEMS = ["CMakeLists.txt", "LICENSE.txt", "include", "src", "bindings/torch", "dependencies/fmt/include",
-              "dependencies/fmt/src", "dependencies/pcg32", "dependencies/json"]
+              "dependencies/fmt/src", "dependencies/pcg32", "dependencies/json", "dependencies/pybind11_json"]
 LIMIT_BYTES = 64 * 2**20
 
 

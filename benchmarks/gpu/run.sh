@@ -34,7 +34,8 @@ BUILD_PID=""
 if [ "$DRY_RUN" != 1 ] && [ -d "$CARRY/tcnn/bindings/torch" ]; then
   log "building tiny-cuda-nn torch bindings (encodings only, sm_90) in the background"
   BUILD_START=$(date +%s)
-  ( cd "$CARRY/tcnn/bindings/torch" && TCNN_CUDA_ARCHITECTURES=${TCNN_CUDA_ARCHITECTURES:-90} MAX_JOBS=${MAX_JOBS:-10} \
+  # build_ext --inplace copies the extension into tinycudann_bindings/, which the source tree does not hold.
+  ( cd "$CARRY/tcnn/bindings/torch" && mkdir -p tinycudann_bindings && TCNN_CUDA_ARCHITECTURES=${TCNN_CUDA_ARCHITECTURES:-90} MAX_JOBS=${MAX_JOBS:-10} \
       $PY setup.py --no-networks build_ext --inplace > "$OUT/tcnn_build.log" 2>&1; echo $? > "$OUT/tcnn_build.rc" ) &
   BUILD_PID=$!
 fi
@@ -48,7 +49,12 @@ if [ -n "$BUILD_PID" ]; then
   wait "$BUILD_PID"
   echo $(( $(date +%s) - BUILD_START )) > "$OUT/tcnn_build_seconds.txt"
   log "tcnn build exit $(cat "$OUT/tcnn_build.rc") after $(cat "$OUT/tcnn_build_seconds.txt") s"
-  export PYTHONPATH="$PWD/$CARRY/tcnn/bindings/torch:$PYTHONPATH"
+  if [ "$(cat "$OUT/tcnn_build.rc")" = 0 ]; then
+    export PYTHONPATH="$PWD/$CARRY/tcnn/bindings/torch:$PYTHONPATH"
+  else
+    # A failed build leaves a package that raises on import, and nerfstudio imports it when it finds it.
+    grep -m 5 -i "error" "$OUT/tcnn_build.log" | tee -a "$OUT/run.log"
+  fi
   log "GPU tests"
   $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_hash_grid.py tests/test_fast_renderer.py > "$OUT/gpu_tests.log" 2>&1
   log "GPU tests exit $?"
@@ -58,3 +64,11 @@ if [ -n "$BUILD_PID" ]; then
   log "tcnn path exit $?"
 fi
 $PY benchmarks/gpu/summarize.py "$OUT" | tee "$OUT/summary.txt"
+# The device tool returns only a few files: logs go back as one archive, and a failing path shows its last lines here.
+for path in torch tcnn; do
+  if [ -f "$OUT/$path.log" ] && [ ! -f "$OUT/result_$path.json" ]; then
+    echo "--- $path.log (last lines)"; grep -v -i "warning\|^  " "$OUT/$path.log" | tail -n 15
+  fi
+done
+( cd "$OUT" && tar czf logs.tgz --remove-files ./*.log ./*.txt ./*.rc 2>/dev/null ) || true
+

@@ -14,6 +14,11 @@ import numpy as np
 from jean_nerfstudio.constants import AUDIO_SAMPLE_RATE
 
 
+_EXACT_DURATION_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "wav", "flac"}
+"""Containers whose stream duration comes from an index or header (not an estimate): a shorter decode means a cut."""
+_TRUNCATION_SLACK_S = 0.5
+
+
 class AudioInputError(ValueError):
     """An audio source cannot be used: unreadable, no audio stream, silent or too short. The message is one line."""
 
@@ -93,6 +98,7 @@ def decode_audio(path: Path | str, sample_rate: int = AUDIO_SAMPLE_RATE, max_sec
                 ) from err
             # A truncated file: keep what decoded cleanly.
         container_duration = _stream_duration_seconds(container, stream)
+        exact_duration = container.format.name in _EXACT_DURATION_FORMATS
     if not chunks:
         raise AudioInputError(f"{path}: the audio track holds no samples; give a file with sound.")
     waveform = np.concatenate(chunks).astype(np.float32, copy=False)
@@ -101,6 +107,15 @@ def decode_audio(path: Path | str, sample_rate: int = AUDIO_SAMPLE_RATE, max_sec
         waveform = waveform[: int(round(container_duration * sample_rate))] if container_duration > 0 else waveform
     if limit is not None:
         waveform = waveform[:limit]
+    if exact_duration and container_duration:
+        # A file cut short (interrupted download) still decodes up to the cut: compare with what its index declares.
+        expected = container_duration if max_seconds is None else min(container_duration, max_seconds)
+        got = waveform.size / float(sample_rate)
+        if expected - got > max(_TRUNCATION_SLACK_S, 0.05 * expected):
+            raise AudioInputError(
+                f"{path}: the file is truncated (its audio track declares {expected:.2f} s but only {got:.2f} s decode); "
+                "re-download or re-export it."
+            )
     return DecodedAudio(
         waveform=np.clip(waveform, -1.0, 1.0),
         sample_rate=sample_rate,

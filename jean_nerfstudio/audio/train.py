@@ -221,7 +221,7 @@ def setup_distributed(device_choice: str) -> DistContext:
     """Join the process group torchrun describes in the environment (nccl on CUDA, gloo on CPU)."""
     use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
     if device_choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but CUDA is not available here; use --device cpu")
+        raise TrainInputError("--device cuda, but CUDA is not available here; use --device cpu (or auto)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

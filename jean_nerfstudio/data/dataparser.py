@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Type
+from typing import List, Literal, NoReturn, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.contract import DatasetError, ProcessedClip
@@ -34,13 +35,64 @@ class JeanDataParserConfig(DataParserConfig):
     """'held-out': evaluate on the dataset's held-out tail frames; 'train': on the training frames (debugging)."""
 
 
+def exit_with(message: str) -> NoReturn:
+    """One red line (never wrapped: a user error is one line) and exit code 2."""
+    CONSOLE.print(f"[bold red]Error:[/bold red] {escape(' '.join(str(message).split()))}", soft_wrap=True,
+                  highlight=False)
+    sys.exit(2)
+
+
 def open_or_exit(root: Path) -> ProcessedClip:
     """Open a dataset, turning a contract problem into one red line and exit code 2 (no traceback for a user error)."""
     try:
         return ProcessedClip.open(root)
     except DatasetError as err:
-        CONSOLE.print(f"[bold red]Error:[/bold red] {err}")
-        sys.exit(2)
+        exit_with(str(err))
+
+
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+"""What the last bytes of a whole image file hold (JPEG: the end-of-image marker, PNG: the IEND chunk)."""
+
+
+def _whole(path: Path) -> bool:
+    """The file exists, is not empty and (JPEG, PNG) ends with its format's end marker: a copy cut short (full disk,
+    interrupted transfer) is told apart without decoding it."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64))
+            tail = handle.read()
+    except OSError:
+        return False
+    marker = _END_MARKERS.get(path.suffix.lower())
+    return size > 0 and (marker is None or marker in tail)
+
+
+def verify_files(clip: ProcessedClip) -> None:
+    """Every file training reads is there and whole: frames, label maps, background, audio and the contract features
+    (their frame counts from the .npy headers). Training would otherwise stop minutes later with a traceback."""
+    try:
+        frames = clip.transforms["frames"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{clip.root / C.TRANSFORMS_FILE}: unreadable ({type(err).__name__}); re-run `jean-process` "
+                           "on this dataset with --force.") from err
+    bad = []
+    for frame in frames:
+        for key in ("file_path", "segmentation_path"):
+            if key in frame and not _whole(clip.root / frame[key]):
+                bad.append(frame[key])
+    if not _whole(clip.background_path):
+        bad.append(C.BACKGROUND_FILE)
+    if not _whole(clip.audio_path):
+        bad.append(str(clip.metadata["audio"]["file"]))
+    if bad:
+        raise DatasetError(
+            f"{clip.root}: {len(bad)} file(s) missing or cut short ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+            f"copy the dataset again, or re-run `jean-process VIDEO --output {clip.root} --force`."
+        )
+    for name in C.FEATURE_FILES:
+        clip.feature(name, mmap=True)  # DatasetError when missing, cut short or of another frame count
 
 
 def clip_cameras(clip: ProcessedClip, indices: List[int]) -> Cameras:
@@ -73,21 +125,23 @@ class JeanDataParser(DataParser):
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         clip = open_or_exit(self.config.data)
+        try:
+            verify_files(clip)
+        except DatasetError as err:
+            exit_with(str(err))
         if split == "train" or self.config.eval_split == "train":
             indices = clip.train_indices
         else:
             indices = clip.eval_indices
         if not indices:
-            CONSOLE.print(f"[bold red]Error:[/bold red] {clip.root}: the '{split}' split is empty; re-process a longer clip.")
-            sys.exit(2)
+            exit_with(f"{clip.root}: the '{split}' split is empty; re-process a longer clip.")
         frames = {int(f["frame_index"]): f for f in clip.transforms["frames"]}
         missing = [i for i in indices if i not in frames]
         if missing:
-            CONSOLE.print(
-                f"[bold red]Error:[/bold red] {clip.root / C.TRANSFORMS_FILE}: frames {missing[:5]} of the split are "
-                "missing; re-run `jean-process` with --force."
+            exit_with(
+                f"{clip.root / C.TRANSFORMS_FILE}: frames {missing[:5]} of the split are missing; re-run `jean-process` "
+                "with --force."
             )
-            sys.exit(2)
         all_indices = list(range(clip.num_frames))
         all_c2w = clip_cameras(clip, all_indices).camera_to_worlds
         transforms = clip.transforms

@@ -168,16 +168,22 @@ class ExpressionConditioner(nn.Module):
     def codes(self, inputs: Float[Tensor, "frames features"], frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
         """Codes of `frames` (indices into the sequence `inputs`)."""
         num = inputs.shape[0]
+        if self.context_frames == 0:
+            return self.projection(self.encode(inputs[frames]))
         if self.context_frames is None or num <= 4 * self.context_frames + frames.numel():
             return self.projection(self.encode(inputs)[frames])
-        # Long sequence: encode one window per requested frame. A frame's code depends only on its window, so this
-        # equals encoding the whole sequence.
+        # Long sequence: encode one window per requested frame, batched, padding masked out. A frame's code depends
+        # only on its window, so this equals encoding the whole sequence.
         r = self.context_frames
-        codes = []
-        for frame in frames.tolist():
-            lo, hi = max(0, frame - r), min(num, frame + r + 1)
-            codes.append(self.encode(inputs[lo:hi])[frame - lo])
-        return self.projection(torch.stack(codes, dim=0))
+        index = frames[:, None] + torch.arange(-r, r + 1, device=frames.device)[None, :]  # [B, 2r+1]
+        valid = (index >= 0) & (index < num)
+        windows = inputs[index.clamp(0, num - 1)]
+        if self.train_encoder:
+            encoded = self.encoder(windows, valid=valid)
+        else:
+            with torch.no_grad():
+                encoded = self.encoder(windows, valid=valid)
+        return self.projection(encoded[:, r])
 
     def sequence_codes(self, inputs: Float[Tensor, "frames features"]) -> Float[Tensor, "frames code"]:
         return self.projection(self.encode(inputs))

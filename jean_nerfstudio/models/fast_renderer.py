@@ -39,6 +39,9 @@ class FastRendererConfig:
     """Samples behind an almost opaque surface are dropped before colour is computed."""
     chunk_rays: int = 1 << 17
     """Rays marched per chunk (bounds memory)."""
+    chunk_points: int = 1 << 20
+    """Samples per field call: the torch hash grid holds 8 corner indices per level and sample, so a whole 512x512
+    frame's samples in one call would need tens of GiB."""
 
 
 class FastRenderer:
@@ -144,6 +147,25 @@ class FastRenderer:
             self._march(chunk, origins, directions, t_near, t_far, max_steps, audio_code, expression_code, rgb, acc, depth)
         return {"rgb": rgb, "accumulation": acc, "depth": depth}
 
+    def _density_and_geometry(self, points: Float[Tensor, "m 3"], audio_code: Tensor, expression_code: Tensor):
+        """Density and geometry features of `points` under one code pair, `chunk_points` samples per field call."""
+        densities, geometries = [], []
+        for chunk in points.split(max(1, self.config.chunk_points)):
+            n = chunk.shape[0]
+            with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+                out = self.model.field.density_and_geometry(chunk, audio_code.expand(n, -1), expression_code.expand(n, -1))
+            densities.append(out["density"][:, 0].float())
+            geometries.append(out["geometry"])
+        return torch.cat(densities), torch.cat(geometries)
+
+    def _color(self, geometry: Tensor, directions: Float[Tensor, "m 3"]) -> Float[Tensor, "m 3"]:
+        colours = []
+        step = max(1, self.config.chunk_points)
+        for start in range(0, geometry.shape[0], step):
+            with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+                colours.append(self.model.field.color(geometry[start : start + step], directions[start : start + step]).float())
+        return torch.cat(colours)
+
     def _march(self, rays, origins, directions, t_near, t_far, max_steps, audio_code, expression_code, rgb, acc, depth):
         steps = torch.arange(max_steps, device=self.device, dtype=origins.dtype)
         t = t_near[rays, None] + (steps[None, :] + 0.5) * self.step  # [R, K]
@@ -158,10 +180,8 @@ class FastRenderer:
             return
         ray_of = sample // max_steps  # index into `rays`
         p = flat_points[sample]
-        m = p.shape[0]
-        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            out = self.model.field.density_and_geometry(p, audio_code.expand(m, -1), expression_code.expand(m, -1))
-        alpha = 1.0 - torch.exp(-out["density"][:, 0].float() * self.step)
+        density, geometry = self._density_and_geometry(p, audio_code, expression_code)
+        alpha = 1.0 - torch.exp(-density * self.step)
         # Exclusive segmented cumulative sum of log-transmittance along each ray, in float64: one global running sum
         # over millions of samples minus each ray's start would lose float32 precision.
         log_t = torch.log1p(-alpha.double().clamp(max=1.0 - 1e-9))
@@ -176,8 +196,7 @@ class FastRenderer:
         visible = (transmittance > self.config.transmittance_cutoff) & (weight > 1e-5)
         if visible.any():
             v = visible.nonzero()[:, 0]
-            with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-                colour = self.model.field.color(out["geometry"][v], directions[rays[ray_of[v]]]).float()
+            colour = self._color(geometry[v], directions[rays[ray_of[v]]])
             w = weight[v]
             target = rays[ray_of[v]]
             rgb.index_add_(0, target, colour * w[:, None])

@@ -105,6 +105,8 @@ class JeanModelConfig(ModelConfig):
     """Freeze the pre-trained expression encoder or fine-tune it with the head."""
     expression_objective_mult: float = 0.1
     """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
+    expression_objective_every: int = 4
+    """Evaluate that objective every this many steps (it encodes the whole clip; the codes change slowly)."""
 
     # ----- torso -----
     torso_levels: int = 12
@@ -433,9 +435,12 @@ class JeanModel(Model):
             assert metrics_dict is not None and "distortion" in metrics_dict
             losses["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
             losses["deformation_loss"] = self.config.deformation_loss_mult * outputs["deformation_sq"].mean()
-            if self.expression_objective is not None and self.config.expression_objective_mult > 0:
+            every = max(1, self.config.expression_objective_every)
+            train_objective = self.expression_objective is not None and self.config.expression_objective_mult > 0
+            if train_objective and self.step % every == 0:
                 for name, value in self.expression_objective(self.expression.encoder, self.expression_inputs).items():
-                    losses[f"expression_{name}"] = self.config.expression_objective_mult * value
+                    key = name if name.startswith("expression") else f"expression_{name}"
+                    losses[key] = self.config.expression_objective_mult * value
         return losses
 
     def get_image_metrics_and_images(

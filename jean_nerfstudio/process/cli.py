@@ -138,8 +138,12 @@ def entrypoint() -> None:
     """The `jean-process` console script."""
     import tyro
 
+    from jean_nerfstudio.process.native_log import filtered_native_stderr
+
     config = tyro.cli(ProcessConfig, description=__doc__.splitlines()[0])
-    sys.exit(run_cli(config))
+    with filtered_native_stderr():  # MediaPipe's native log lines would bury the one-line error
+        status = run_cli(config)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ background.png | features: mel windows, eye blink | contract: transforms.json an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.process.config import STAGE_ORDER, ProcessConfig
 from jean_nerfstudio.process.errors import ProcessError
-from jean_nerfstudio.process.stages import Outputs, Pipeline, ProgressSink, Stage
+from jean_nerfstudio.process.stages import Outputs, Pipeline, ProgressSink, Stage, StageStore
 
 OWNED_NAMES = (
     C.METADATA_FILE,
@@ -133,9 +134,37 @@ def validate(config: ProcessConfig) -> None:
             raise ProcessError(message + ".")
 
 
+def drop_stale_stamps(root: Path, progress: ProgressSink) -> None:
+    """Forget stamps that no longer describe the folder (only in a folder of ours, with `.stages/`).
+
+    A dataset of another contract version (an older jean-process wrote it) is processed again from the start: its
+    stamps would otherwise skip every stage and leave the old-version jean.json in place while saying "dataset ready".
+    A jean.json that is missing or not complete (deleted, edited) gets the contract stage redone.
+    """
+    if not (root / C.STAGES_DIR).is_dir():
+        return
+    meta_path = root / C.METADATA_FILE
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (OSError, ValueError):
+        metadata = {}
+    store = StageStore(root)
+    version = metadata.get("contract_version", C.CONTRACT_VERSION) if isinstance(metadata, dict) else None
+    if version != C.CONTRACT_VERSION:
+        for name in STAGE_ORDER:
+            store.clear(name)
+        progress.warn(
+            f"{root}: holds a dataset of contract version {version}; processing the video again for version "
+            f"{C.CONTRACT_VERSION} (only jean-process's own files are replaced)."
+        )
+    elif not isinstance(metadata, dict) or metadata.get("complete") is not True:
+        store.stamp_path(STAGE_ORDER[-1]).unlink(missing_ok=True)
+
+
 def process(config: ProcessConfig, progress: Optional[ProgressSink] = None) -> Pipeline:
     """Run (or resume) the selected stages on `config.video` into `config.output`; returns the finished pipeline."""
     validate(config)
+    drop_stale_stamps(Path(config.output), progress or ProgressSink())
     pipeline = Pipeline(
         root=Path(config.output),
         config=config,
