@@ -204,18 +204,26 @@ class HashGrid(nn.Module):
         terms = torch.where(hashed, hash_terms, dense_terms)  # [B, L, D, 2]
         weights_1d = torch.stack([1.0 - frac, frac], dim=-1)  # [B, L, D, 2]
 
-        bits = self._corners  # [2^D, D]
+        # Corners by broadcasting: dimension d varies along its own axis of a [B, L, 2, ..., 2] block, laid out so
+        # that the flattened corner c has bit d = (c >> d) & 1 (`self._corners`); no gathers.
+        num_rows, num_levels = terms.shape[:2]
+        hashed_corners = self._hashed.view(1, -1, *([1] * self.num_dims))
         index = None
         weight = None
         for d in range(self.num_dims):
-            term_d = terms[:, :, d, :][..., bits[:, d]]  # [B, L, 2^D]
-            w_d = weights_1d[:, :, d, :][..., bits[:, d]]
+            shape = [num_rows, num_levels] + [1] * self.num_dims
+            shape[2 + self.num_dims - 1 - d] = 2
+            term_d = terms[:, :, d, :].reshape(shape)
+            w_d = weights_1d[:, :, d, :].reshape(shape)
             if index is None:
                 index, weight = term_d, w_d
             else:
-                index = torch.where(self._hashed.view(1, -1, 1), index ^ term_d, index + term_d)
+                index = torch.where(hashed_corners, index ^ term_d, index + term_d)
                 weight = weight * w_d
         assert index is not None and weight is not None
+        corners = 1 << self.num_dims
+        index = index.expand(num_rows, num_levels, *([2] * self.num_dims)).reshape(num_rows, num_levels, corners)
+        weight = weight.expand(num_rows, num_levels, *([2] * self.num_dims)).reshape(num_rows, num_levels, corners)
         index = (index & _UINT32) % self._sizes.view(1, -1, 1) + self._offsets.view(1, -1, 1)  # [B, L, 2^D]
 
         table = self.params.view(-1, self.features_per_level)
