@@ -38,7 +38,9 @@ demo: setup
 	$(BIN)/python -m jean_nerfstudio.demo
 
 bench: setup
-	$(BIN)/python benchmarks/run_cpu_benchmarks.py
+	# jean-process speed on the shared clips (../shared/data); the model, transfer and GPU benchmarks take a
+	# processed clip or a trained run: see docs/benchmarks.md for their commands.
+	$(BIN)/python benchmarks/process_benchmark.py
 
 clean-venv:
 	rm -rf $(VENV)
