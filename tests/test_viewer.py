@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from conftest import small_pipeline_config
+from render_helpers import train_tiny_model
 
 
 def test_viewer_discovers_the_models_controls(synthetic_dataset):
@@ -28,24 +29,10 @@ def free_port() -> int:
 
 
 def test_ns_viewer_serves_a_trained_model_on_loopback(synthetic_dataset, tmp_path):
-    from nerfstudio.scripts.train import train_loop
-
-    config = small_pipeline_config(synthetic_dataset)
-    config.output_dir = tmp_path
-    config.max_num_iterations = 2
-    config.steps_per_save = 2
-    config.steps_per_eval_batch = 10**9
-    config.steps_per_eval_image = 10**9
-    config.steps_per_eval_all_images = 10**9
-    config.machine.device_type = "cpu"
-    config.vis = "tensorboard"
-    config.set_timestamp()
-    config.save_config()
-    train_loop(local_rank=0, world_size=1, config=config)
-
+    config_path = train_tiny_model(synthetic_dataset, tmp_path)
     port = free_port()
     viewer = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ns-viewer"), "--load-config", str(config.get_base_dir() / "config.yml"),
+        [str(Path(sys.executable).parent / "ns-viewer"), "--load-config", str(config_path),
          "--viewer.websocket-port", str(port), "--viewer.websocket-host", "127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

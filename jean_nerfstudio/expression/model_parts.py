@@ -36,10 +36,18 @@ class ClipExpressionObjective(nn.Module):
     with the encoder.
     """
 
-    def __init__(self, objective: ExpressionObjective, speech_targets: Float[Tensor, "num_frames num_speech"]) -> None:
+    def __init__(
+        self,
+        objective: ExpressionObjective,
+        speech_targets: Float[Tensor, "num_frames num_speech"],
+        num_frames: Optional[int] = None,
+    ) -> None:
+        """`num_frames`: use only the clip's first frames (the training split of a clip whose held-out tail must not
+        shape training); None uses all."""
         super().__init__()
         self.objective = objective
-        self.register_buffer("speech_targets", speech_targets.clone(), persistent=False)
+        self.num_frames = num_frames
+        self.register_buffer("speech_targets", speech_targets[:num_frames].clone(), persistent=False)
 
     def forward(
         self,
@@ -49,6 +57,11 @@ class ClipExpressionObjective(nn.Module):
         audio_embeddings: Optional[Float[Tensor, "num_frames audio_dim"]] = None,
     ) -> Dict[str, Tensor]:
         """Weighted losses (see `ExpressionObjective.forward`); `values` are the clip's (unedited) inputs."""
+        n = self.num_frames
+        if n is not None:
+            values = values[:n]
+            codes = None if codes is None else codes[:n]
+            audio_embeddings = None if audio_embeddings is None else audio_embeddings[:n]
         return self.objective(encoder, values, self.speech_targets, audio_embeddings=audio_embeddings, codes=codes)
 
 

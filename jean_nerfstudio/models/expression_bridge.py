@@ -9,36 +9,15 @@ shape, which belongs to the audio pathway.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
-
-import torch
-from jaxtyping import Float
-from torch import Tensor, nn
+from typing import Optional
 
 from jean_nerfstudio.contract import ProcessedClip
 from jean_nerfstudio.models.sources import ExpressionSource
 
 
-class TrainingClipObjective(nn.Module):
-    """The encoder's objective bound to the training clip: called as `objective(encoder, values)` by the model.
-
-    Only the training split's frames (a contiguous prefix) are used, so nothing of the held-out tail shapes training.
-    """
-
-    def __init__(self, objective: nn.Module, speech_targets: Tensor, num_train_frames: int) -> None:
-        super().__init__()
-        self.objective = objective
-        self.num_train_frames = int(num_train_frames)
-        self.register_buffer("speech_targets", speech_targets[: self.num_train_frames].clone(), persistent=False)
-
-    def forward(self, encoder: nn.Module, values: Float[Tensor, "frames features"]) -> Dict[str, Tensor]:
-        n = self.num_train_frames
-        return self.objective(encoder, values[:n], self.speech_targets)
-
-
 def build_transformer_expression_source(clip: ProcessedClip, checkpoint: Optional[Path]) -> ExpressionSource:
     """Inputs, encoder (+ objective), viewer edits and transfer for the transformer expression pathway."""
-    from jean_nerfstudio.expression.model_parts import expression_model_parts
+    from jean_nerfstudio.expression.model_parts import ClipExpressionObjective, expression_model_parts
 
     parts = expression_model_parts(clip, checkpoint=checkpoint)
     train_frames = clip.train_indices
@@ -47,7 +26,9 @@ def build_transformer_expression_source(clip: ProcessedClip, checkpoint: Optiona
     return ExpressionSource(
         inputs=parts.inputs.float(),
         encoder=parts.encoder,
-        objective=TrainingClipObjective(parts.objective.objective, parts.expression_inputs.speech_targets.float(), num_train),
+        # Only the training split's frames (a contiguous prefix): nothing of the held-out tail shapes training.
+        objective=ClipExpressionObjective(parts.objective.objective, parts.expression_inputs.speech_targets.float(),
+                                          num_frames=num_train),
         controls=parts.controls,
         layout={"kind": "transformer", "backend": clip.landmark_backend, "num_features": int(parts.inputs.shape[1]),
                 "signature": parts.expression_inputs.layout.signature()},
