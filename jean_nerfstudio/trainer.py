@@ -35,9 +35,18 @@ def checkpoint_temp_path(final: Path) -> Path:
 
 
 class JeanTrainer(Trainer):
-    """Trainer whose `save_checkpoint` never leaves a partial `step-N.ckpt` under the checkpoint folder."""
+    """Trainer whose `save_checkpoint` never leaves a partial `step-N.ckpt` under the checkpoint folder.
+
+    It also creates the run folder before nerfstudio's `train` does, so data-parallel ranks do not race on it.
+    """
 
     config: JeanTrainerConfig
+
+    def train(self) -> None:
+        # nerfstudio's `train` has every rank create the run folder with `mkdir` after an `exists` check; with several
+        # ranks the slower one fails on "File exists". Creating it here, tolerantly, first removes that race.
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        super().train()
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
