@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Dict
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,32 +97,73 @@ def offline_lpips_placeholder() -> None:
     lpip_module.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc]
 
 
+def nerfacto_on_jean_grid() -> None:
+    """Give nerfstudio's torch `HashEncoding` (nerfacto's field and proposal grids) jean's torch hash grid instead.
+
+    The overhead ratio against stock nerfacto mixes two things: what conditioning costs, and how fast each side's torch
+    hash grid is. With this, both sides run the same grid code, so the ratio is the conditioning (and torso, and
+    expression encoder) cost alone. Same levels, table size and resolutions; only the kernel changes.
+    """
+    import math
+
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    from jean_nerfstudio.fields.hash_grid import HashGrid
+
+    original_init = HashEncoding.__init__
+
+    def patched_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        max_res = round(self.min_res * math.exp(math.log(self.growth_factor) * (self.num_levels - 1)))
+        self.jean_grid = HashGrid(num_dims=3, num_levels=self.num_levels, features_per_level=self.features_per_level,
+                                  log2_hashmap_size=self.log2_hashmap_size, base_resolution=self.min_res,
+                                  max_resolution=max_res, implementation="torch", init_scale=self.hash_init_scale)
+
+    HashEncoding.__init__ = patched_init  # type: ignore[method-assign]
+    HashEncoding.pytorch_fwd = lambda self, x: self.jean_grid(x)  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a processed clip folder")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--throughput-iterations", type=int, default=60, help="iterations timed for rays/s")
+    parser.add_argument("--throughput-rounds", type=int, default=2, help="alternating rounds of the throughput runs")
     parser.add_argument("--rays", type=int, default=1024)
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--expression-encoder", default="transformer", choices=["transformer", "mlp"])
+    parser.add_argument("--nerfacto-grid", default="nerfstudio", choices=["nerfstudio", "jean"],
+                        help="nerfacto's torch hash grid: nerfstudio's own, or jean's (isolates the conditioning cost)")
     parser.add_argument("--skip-quality", action="store_true", help="only measure throughput")
     parser.add_argument("--eval-frames", type=int, default=None,
                         help="held-out frames evaluated, spread over the held-out tail (default: all)")
     args = parser.parse_args()
     torch.manual_seed(0)
     offline_lpips_placeholder()
+    if args.nerfacto_grid == "jean":
+        nerfacto_on_jean_grid()
 
     jean_cfg = jean_pipeline_config(args.data, args.rays, args.expression_encoder)
     nerfacto_cfg = nerfacto_pipeline_config(args.data, args.rays, jean_cfg.pipeline.model)
     results: Dict[str, object] = {
-        "data": str(args.data), "rays_per_batch": args.rays, "date": str(date.today()),
+        "data": str(args.data), "rays_per_batch": args.rays, "nerfacto_grid": args.nerfacto_grid, "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    # Throughput: alternate short runs so both see the same machine load.
-    for name, cfg in (("jean", jean_cfg), ("nerfacto", nerfacto_cfg)):
-        run = train(cfg, "cpu", max_steps=args.throughput_iterations)
-        results[f"{name}_rays_per_second"] = args.rays / run.seconds_per_iteration
-        print(f"{name}: {args.rays / run.seconds_per_iteration:.0f} rays/s ({run.seconds_per_iteration * 1000:.0f} ms/it)")
+    # Throughput: short runs alternated over several rounds so both see the same machine load (this kind of VM drifts
+    # by tens of percent within minutes); each side's figure is the median of its rounds.
+    per_round: Dict[str, list] = {"jean": [], "nerfacto": []}
+    for round_index in range(args.throughput_rounds):
+        order = (("jean", jean_cfg), ("nerfacto", nerfacto_cfg))
+        for name, cfg in order if round_index % 2 == 0 else order[::-1]:
+            run = train(cfg, "cpu", max_steps=args.throughput_iterations)
+            per_round[name].append(run.seconds_per_iteration)
+            print(f"round {round_index + 1} {name}: {args.rays / run.seconds_per_iteration:.0f} rays/s "
+                  f"({run.seconds_per_iteration * 1000:.0f} ms/it)")
+    for name, seconds in per_round.items():
+        median = float(np.median(seconds))
+        results[f"{name}_rays_per_second"] = args.rays / median
+        results[f"{name}_ms_per_iteration_rounds"] = [round(1000 * v, 1) for v in seconds]
+        print(f"{name}: {args.rays / median:.0f} rays/s ({median * 1000:.0f} ms/it, median of {len(seconds)} rounds)")
     results["jean_over_nerfacto_time_ratio"] = results["nerfacto_rays_per_second"] / results["jean_rays_per_second"]  # type: ignore[operator]
     print(f"conditioning overhead: {results['jean_over_nerfacto_time_ratio']:.2f}x")
     if not args.skip_quality:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Tuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 try:  # tinycudann is optional: a `cuda` extra that users build from source on a CUDA machine.
@@ -133,15 +133,36 @@ class HashGrid(nn.Module):
         # dict is identical for both implementations and checkpoints move freely between them.
         self._tcnn: List[nn.Module] = []
 
-        self.register_buffer("_scales", torch.tensor([lv.scale for lv in self.levels], dtype=torch.float32), persistent=False)
-        self.register_buffer("_resolutions", torch.tensor([lv.resolution for lv in self.levels]), persistent=False)
-        self.register_buffer("_sizes", torch.tensor([lv.size for lv in self.levels]), persistent=False)
-        self.register_buffer("_offsets", torch.tensor([lv.offset for lv in self.levels]), persistent=False)
-        self.register_buffer("_hashed", torch.tensor([lv.hashed for lv in self.levels]), persistent=False)
-        self.register_buffer("_primes", torch.tensor(_PRIMES[:num_dims], dtype=torch.int64), persistent=False)
-        # Corner bit patterns of a cell: [2^D, D].
-        corners = [[(c >> d) & 1 for d in range(num_dims)] for c in range(1 << num_dims)]
-        self.register_buffer("_corners", torch.tensor(corners, dtype=torch.int64), persistent=False)
+        self._dense_group = self._level_group([lv for lv in self.levels if not lv.hashed], hashed=False)
+        self._hashed_group = self._level_group([lv for lv in self.levels if lv.hashed], hashed=True)
+        grouped = [i for i, lv in enumerate(self.levels) if not lv.hashed] + [i for i, lv in enumerate(self.levels) if lv.hashed]
+        # Output columns follow level order; the groups are concatenated dense-then-hashed, which is that order
+        # whenever resolutions grow with the level (every usual configuration).
+        self._level_order = None if grouped == sorted(grouped) else [grouped.index(i) for i in range(num_levels)]
+
+    def _level_group(self, levels: List[GridLevel], hashed: bool) -> Optional[str]:
+        """Registers the per-level constants of one index mode (scales, table sizes, offsets, index multipliers
+        [Lg, D]: hash primes or dense strides; for hashed power-of-two tables the masks) and returns their prefix."""
+        if not levels:
+            return None
+        dims = self.num_dims
+        if hashed:
+            multipliers = [list(_PRIMES[:dims]) for _ in levels]
+        else:
+            multipliers = [[lv.resolution**d for d in range(dims)] for lv in levels]
+        power_of_two = all(lv.size & (lv.size - 1) == 0 for lv in levels)
+        tensors: dict = {
+            "scales": torch.tensor([lv.scale for lv in levels], dtype=torch.float32),
+            "sizes": torch.tensor([lv.size for lv in levels]),
+            "offsets": torch.tensor([lv.offset for lv in levels]),
+            "multipliers": torch.tensor(multipliers, dtype=torch.int64),
+        }
+        if hashed and power_of_two:  # (dense indices are sums, which a per-term mask would not reduce correctly)
+            tensors["masks"] = torch.tensor([lv.size - 1 for lv in levels])
+        prefix = "_hashed" if hashed else "_dense"
+        for name, value in tensors.items():
+            self.register_buffer(f"{prefix}_{name}", value, persistent=False)
+        return prefix  # buffers are read back by name, so `.to(device)` moves them
 
     def get_out_dim(self) -> int:
         return self.num_levels * self.features_per_level
@@ -187,46 +208,109 @@ class HashGrid(nn.Module):
         """The plain-PyTorch reference (also the CPU path)."""
         batch_shape = positions.shape[:-1]
         x = positions.reshape(-1, 1, self.num_dims).float()  # [B, 1, D]
-        pos = x * self._scales.view(1, -1, 1) + 0.5  # [B, L, D]
-        cell = torch.floor(pos)
-        frac = pos - cell  # [B, L, D]
-        # Lower and upper vertex per dimension: [B, L, D, 2]. Index terms are formed per dimension and only then
-        # combined per corner, which keeps the int64 temporaries 2^D/2 times smaller than per-corner arithmetic.
-        vertex = cell.long()[..., None] + torch.arange(2, device=pos.device)
-        vertex = vertex & _UINT32  # tiny-cuda-nn's uint32 arithmetic, reproduced in int64 with explicit wrap-around
-        hashed = self._hashed.view(1, -1, 1, 1)
-        hash_terms = (vertex * self._primes.view(1, 1, -1, 1)) & _UINT32
-        dense_strides = torch.cumprod(
-            torch.cat([torch.ones_like(self._resolutions[:, None]), self._resolutions[:, None].expand(-1, self.num_dims - 1)], 1),
-            dim=1,
-        )  # [L, D]: 1, res, res^2
-        dense_terms = vertex * dense_strides.view(1, -1, self.num_dims, 1)
-        terms = torch.where(hashed, hash_terms, dense_terms)  # [B, L, D, 2]
-        weights_1d = torch.stack([1.0 - frac, frac], dim=-1)  # [B, L, D, 2]
+        # Dense levels (the coarse ones) and hashed levels index differently; each group only runs its own arithmetic.
+        groups = [g for g in (self._level_corners(x, hashed=False), self._level_corners(x, hashed=True)) if g is not None]
+        index = torch.cat([g[0] for g in groups], dim=2) if len(groups) > 1 else groups[0][0]  # [2^D, B, L]
+        weight = torch.cat([g[1] for g in groups], dim=2) if len(groups) > 1 else groups[0][1]
+        if self._level_order is not None:  # levels were grouped out of order (only for unusual growth factors)
+            index, weight = index[:, :, self._level_order], weight[:, :, self._level_order]
+        corners = index.shape[0]
+        table = self.params.view(-1, self.features_per_level)
+        encoded = _interpolate(table, index.reshape(corners, -1), weight.reshape(corners, -1))  # [B*L, F]
+        return encoded.reshape(*batch_shape, self.out_dim)
 
-        # Corners by broadcasting: dimension d varies along its own axis of a [B, L, 2, ..., 2] block, laid out so
-        # that the flattened corner c has bit d = (c >> d) & 1 (`self._corners`); no gathers.
-        num_rows, num_levels = terms.shape[:2]
-        hashed_corners = self._hashed.view(1, -1, *([1] * self.num_dims))
+    def _level_corners(self, x: Float[Tensor, "B 1 D"], hashed: bool) -> Optional[Tuple[Tensor, Tensor]]:
+        """Table rows and trilinear weights of the cell corners for one group of levels, both [2^D, B, Lg].
+
+        Corner-major so that the weighted sum over corners is a reduction over the outermost axis (contiguous,
+        vectorized) rather than over a short innermost one.
+        """
+        prefix = self._hashed_group if hashed else self._dense_group
+        if prefix is None:
+            return None
+        scales, sizes, offsets, multipliers = (getattr(self, f"{prefix}_{n}") for n in ("scales", "sizes", "offsets", "multipliers"))
+        masks = getattr(self, f"{prefix}_masks", None)
+        pos = x * scales.view(1, -1, 1) + 0.5  # [B, Lg, D]
+        cell = torch.floor(pos)
+        frac = pos - cell
+        # Lower and upper vertex per dimension, [2, B, Lg, D]: index terms are formed per dimension and only then
+        # combined per corner, which keeps the int64 temporaries 2^D/2 times smaller than per-corner arithmetic.
+        lower = cell.long()
+        vertex = torch.stack([lower, lower + 1]) & _UINT32  # tiny-cuda-nn's uint32 wrap-around
+        terms = vertex * multipliers  # hash primes or dense strides, [Lg, D] broadcast
+        if masks is not None:
+            # Power-of-two tables: `(a ^ b ^ c) % 2^k == (a % 2^k) ^ (b % 2^k) ^ (c % 2^k)`, so reduce per term, on the
+            # small per-dimension tensor, and skip the modulo of the per-corner one.
+            terms = terms & masks.view(-1, 1)
+        elif hashed:
+            terms = terms & _UINT32
+        weights_1d = torch.stack([1.0 - frac, frac])  # [2, B, Lg, D]
+
+        # Corners by broadcasting: dimension d varies along its own axis of a [2, ..., 2, B, Lg] block, laid out so
+        # that the flattened corner c has bit d = (c >> d) & 1; no gathers.
+        rows_levels = pos.shape[:2]
         index = None
         weight = None
         for d in range(self.num_dims):
-            shape = [num_rows, num_levels] + [1] * self.num_dims
-            shape[2 + self.num_dims - 1 - d] = 2
-            term_d = terms[:, :, d, :].reshape(shape)
-            w_d = weights_1d[:, :, d, :].reshape(shape)
+            shape = [1] * self.num_dims + list(rows_levels)
+            shape[self.num_dims - 1 - d] = 2
+            term_d = terms[..., d].reshape(shape)
+            w_d = weights_1d[..., d].reshape(shape)
             if index is None:
                 index, weight = term_d, w_d
             else:
-                index = torch.where(hashed_corners, index ^ term_d, index + term_d)
+                index = index ^ term_d if hashed else index + term_d
                 weight = weight * w_d
         assert index is not None and weight is not None
+        full = (*([2] * self.num_dims), *rows_levels)
         corners = 1 << self.num_dims
-        index = index.expand(num_rows, num_levels, *([2] * self.num_dims)).reshape(num_rows, num_levels, corners)
-        weight = weight.expand(num_rows, num_levels, *([2] * self.num_dims)).reshape(num_rows, num_levels, corners)
-        index = (index & _UINT32) % self._sizes.view(1, -1, 1) + self._offsets.view(1, -1, 1)  # [B, L, 2^D]
+        index = index.expand(full).reshape(corners, *rows_levels)
+        weight = weight.expand(full).reshape(corners, *rows_levels)
+        if masks is None:
+            index = (index & _UINT32) % sizes
+        return index + offsets, weight
 
-        table = self.params.view(-1, self.features_per_level)
-        features = table[index]  # [B, L, 2^D, F]
-        encoded = (features * weight[..., None]).sum(dim=2)  # [B, L, F]
-        return encoded.reshape(*batch_shape, self.out_dim)
+
+class _Interpolate(torch.autograd.Function):
+    """`out[m, f] = sum_c weight[c, m] * table[index[c, m], f]`, one feature column at a time.
+
+    Autograd's own backward for `table[index]` is an accumulating `index_put_` (serial on the CPU, the largest single
+    cost of a training step) and its products broadcast over a trailing axis of 2 features; here each feature column
+    is a contiguous vector, gathered with `index_select` and accumulated with a 1-D `scatter_add_`.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        flat_index = index.reshape(-1)
+        columns = table.t().contiguous()  # [F, entries]: tiny next to the gathers
+        weight = weight.to(table.dtype)
+        gathered = [column.index_select(0, flat_index).view_as(index) for column in columns]  # F x [C, M]
+        out = torch.stack([(g * weight).sum(dim=0) for g in gathered], dim=1)  # [M, F]
+        ctx.save_for_backward(index, weight, *(gathered if ctx.needs_input_grad[2] else []))
+        ctx.num_entries = table.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        index, weight, *gathered = ctx.saved_tensors
+        grad_out = grad_out.to(weight.dtype)
+        grad_table = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            flat_index = index.reshape(-1)
+            grad_columns = []
+            for f in range(grad_out.shape[1]):
+                column = torch.zeros(ctx.num_entries, dtype=weight.dtype, device=weight.device)
+                column.scatter_add_(0, flat_index, (weight * grad_out[:, f]).reshape(-1))
+                grad_columns.append(column)
+            grad_table = torch.stack(grad_columns, dim=1)
+        if ctx.needs_input_grad[2]:
+            grad_weight = gathered[0] * grad_out[:, 0]
+            for f in range(1, len(gathered)):
+                grad_weight = grad_weight + gathered[f] * grad_out[:, f]
+        return grad_table, None, grad_weight
+
+
+def _interpolate(
+    table: Float[Tensor, "entries F"], index: Int[Tensor, "corners rows"], weight: Float[Tensor, "corners rows"]
+) -> Float[Tensor, "rows F"]:
+    return _Interpolate.apply(table, index, weight)
