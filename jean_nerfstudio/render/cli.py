@@ -75,7 +75,8 @@ class JeanRender:
     """x264 quality (lower is better and larger; 18 is visually lossless)."""
     renderer: Literal["reference", "fast"] = "reference"
     """'reference': nerfstudio's proposal-sampler rendering (every output); 'fast': the occupancy-grid ray marcher
-    (`models.fast_renderer`; rgb, accumulation and depth only; builds its grid first, which is quick on a GPU)."""
+    (`models.fast_renderer`; rgb, accumulation and depth only; builds its grid first: seconds on a GPU, but on a CPU
+    that build alone outlasts a short reference render, so keep 'reference' there)."""
     occupancy_resolution: Optional[int] = None
     """Occupancy cells per side for --renderer fast (default: the renderer's; 48-64 keeps the grid build short on a
     CPU)."""
