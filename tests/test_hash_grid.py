@@ -1,11 +1,10 @@
-"""The hash grid's torch path against a literal, per-point transcription of tiny-cuda-nn's grid arithmetic, and the
-tcnn kernel against the torch path on the same weights (GPU only)."""
+"""The hash grid's torch path against a literal, per-level and per-corner transcription of tiny-cuda-nn's grid
+arithmetic (outputs and gradients), and the tcnn kernel against the torch path on the same weights (GPU only)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,34 +13,29 @@ from jean_nerfstudio.fields.hash_grid import TCNN_AVAILABLE, HashGrid, grid_leve
 PRIMES = (1, 2654435761, 805459861)
 
 
-def reference_encode(grid: HashGrid, point: np.ndarray) -> np.ndarray:
-    """tiny-cuda-nn's forward for one point, written the way its kernel reads (uint32 arithmetic, float32 math)."""
-    params = grid.params.detach().numpy().reshape(-1, grid.features_per_level)
-    out = []
-    dims = grid.num_dims
+def reference_encode(grid: HashGrid, points: torch.Tensor) -> torch.Tensor:
+    """tiny-cuda-nn's forward written the way its kernel reads: per level, per corner, uint32 index arithmetic
+    (reproduced in int64 with explicit wrap-around), float32 weights; plain autograd through the indexing."""
+    table = grid.params.view(-1, grid.features_per_level)
+    outputs = []
     for level in grid.levels:
-        pos = np.float32(point) * np.float32(level.scale) + np.float32(0.5)
-        cell = np.floor(pos).astype(np.int64)
+        pos = points * level.scale + 0.5
+        cell = torch.floor(pos)
         frac = pos - cell
-        value = np.zeros(grid.features_per_level, np.float64)
-        for corner in range(1 << dims):
-            local = [int(cell[d] + ((corner >> d) & 1)) & 0xFFFFFFFF for d in range(dims)]
-            weight = 1.0
-            for d in range(dims):
-                weight *= frac[d] if (corner >> d) & 1 else 1.0 - frac[d]
+        value = 0.0
+        for corner in range(1 << grid.num_dims):
+            bits = torch.tensor([(corner >> d) & 1 for d in range(grid.num_dims)])
+            local = (cell.long() + bits) & 0xFFFFFFFF
+            weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(dim=-1, keepdim=True)
             if level.hashed:
-                index = 0
-                for d in range(dims):
-                    index ^= (local[d] * PRIMES[d]) & 0xFFFFFFFF
+                index = torch.zeros_like(local[:, 0])
+                for d in range(grid.num_dims):
+                    index = index ^ ((local[:, d] * PRIMES[d]) & 0xFFFFFFFF)
             else:
-                index, stride = 0, 1
-                for d in range(dims):
-                    index += local[d] * stride
-                    stride *= level.resolution
-                index &= 0xFFFFFFFF
-            value += weight * params[level.offset + index % level.size]
-        out.append(value)
-    return np.concatenate(out)
+                index = sum(local[:, d] * level.resolution**d for d in range(grid.num_dims)) & 0xFFFFFFFF
+            value = value + weight * table[level.offset + index % level.size]
+        outputs.append(value)
+    return torch.cat(outputs, dim=-1)
 
 
 @pytest.mark.parametrize("dims,levels,log2,base,top", [(3, 6, 12, 4, 128), (2, 5, 10, 8, 256), (3, 16, 14, 16, 1024)])
@@ -53,9 +47,8 @@ def test_torch_path_matches_tcnn_arithmetic(dims, levels, log2, base, top):
     points = torch.rand(40, dims)
     points[0] = 0.0
     points[1] = 1.0
-    ours = grid(points).detach().numpy()
-    expected = np.stack([reference_encode(grid, p) for p in points.numpy()])
-    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(grid(points), reference_encode(grid, points), rtol=1e-5, atol=1e-5)
 
 
 def test_level_layout_is_tcnn_layout():
@@ -96,30 +89,6 @@ def test_interpolation_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(lambda t, w: _interpolate(t, index, w), (table, weight))
 
 
-def naive_torch_encode(grid: HashGrid, points: torch.Tensor) -> torch.Tensor:
-    """The same encoding written plainly (per-corner loop, autograd through indexing) for gradient comparisons."""
-    table = grid.params.view(-1, grid.features_per_level)
-    outputs = []
-    for level in grid.levels:
-        pos = points * level.scale + 0.5
-        cell = torch.floor(pos)
-        frac = pos - cell
-        value = 0.0
-        for corner in range(1 << grid.num_dims):
-            bits = torch.tensor([(corner >> d) & 1 for d in range(grid.num_dims)])
-            local = (cell.long() + bits) & 0xFFFFFFFF
-            weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(dim=-1, keepdim=True)
-            if level.hashed:
-                index = torch.zeros_like(local[:, 0])
-                for d in range(grid.num_dims):
-                    index = index ^ ((local[:, d] * PRIMES[d]) & 0xFFFFFFFF)
-            else:
-                index = sum(local[:, d] * level.resolution**d for d in range(grid.num_dims)) & 0xFFFFFFFF
-            value = value + weight * table[level.offset + index % level.size]
-        outputs.append(value)
-    return torch.cat(outputs, dim=-1)
-
-
 def test_gradients_match_plain_autograd():
     """Table and position gradients (positions move under the deformation field) equal plain autograd's."""
     torch.manual_seed(1)
@@ -129,7 +98,7 @@ def test_gradients_match_plain_autograd():
     points = torch.rand(200, 3, requires_grad=True)
     upstream = torch.randn(200, grid.out_dim)
     ours = torch.autograd.grad((grid(points) * upstream).sum(), (grid.params, points))
-    plain = torch.autograd.grad((naive_torch_encode(grid, points) * upstream).sum(), (grid.params, points))
+    plain = torch.autograd.grad((reference_encode(grid, points) * upstream).sum(), (grid.params, points))
     torch.testing.assert_close(ours[0], plain[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours[1], plain[1], rtol=1e-3, atol=1e-3)
 

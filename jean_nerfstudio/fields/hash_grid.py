@@ -133,36 +133,15 @@ class HashGrid(nn.Module):
         # dict is identical for both implementations and checkpoints move freely between them.
         self._tcnn: List[nn.Module] = []
 
-        self._dense_group = self._level_group([lv for lv in self.levels if not lv.hashed], hashed=False)
-        self._hashed_group = self._level_group([lv for lv in self.levels if lv.hashed], hashed=True)
+        # Dense levels (the coarse ones) and hashed levels index differently; each group runs only its own arithmetic.
+        self.level_groups = nn.ModuleList(
+            [_LevelGroup([lv for lv in self.levels if lv.hashed == hashed], hashed, num_dims)
+             for hashed in (False, True) if any(lv.hashed == hashed for lv in self.levels)]
+        )
         grouped = [i for i, lv in enumerate(self.levels) if not lv.hashed] + [i for i, lv in enumerate(self.levels) if lv.hashed]
         # Output columns follow level order; the groups are concatenated dense-then-hashed, which is that order
         # whenever resolutions grow with the level (every usual configuration).
         self._level_order = None if grouped == sorted(grouped) else [grouped.index(i) for i in range(num_levels)]
-
-    def _level_group(self, levels: List[GridLevel], hashed: bool) -> Optional[str]:
-        """Registers the per-level constants of one index mode (scales, table sizes, offsets, index multipliers
-        [Lg, D]: hash primes or dense strides; for hashed power-of-two tables the masks) and returns their prefix."""
-        if not levels:
-            return None
-        dims = self.num_dims
-        if hashed:
-            multipliers = [list(_PRIMES[:dims]) for _ in levels]
-        else:
-            multipliers = [[lv.resolution**d for d in range(dims)] for lv in levels]
-        power_of_two = all(lv.size & (lv.size - 1) == 0 for lv in levels)
-        tensors: dict = {
-            "scales": torch.tensor([lv.scale for lv in levels], dtype=torch.float32),
-            "sizes": torch.tensor([lv.size for lv in levels]),
-            "offsets": torch.tensor([lv.offset for lv in levels]),
-            "multipliers": torch.tensor(multipliers, dtype=torch.int64),
-        }
-        if hashed and power_of_two:  # (dense indices are sums, which a per-term mask would not reduce correctly)
-            tensors["masks"] = torch.tensor([lv.size - 1 for lv in levels])
-        prefix = "_hashed" if hashed else "_dense"
-        for name, value in tensors.items():
-            self.register_buffer(f"{prefix}_{name}", value, persistent=False)
-        return prefix  # buffers are read back by name, so `.to(device)` moves them
 
     def get_out_dim(self) -> int:
         return self.num_levels * self.features_per_level
@@ -208,8 +187,7 @@ class HashGrid(nn.Module):
         """The plain-PyTorch reference (also the CPU path)."""
         batch_shape = positions.shape[:-1]
         x = positions.reshape(-1, 1, self.num_dims).float()  # [B, 1, D]
-        # Dense levels (the coarse ones) and hashed levels index differently; each group only runs its own arithmetic.
-        groups = [g for g in (self._level_corners(x, hashed=False), self._level_corners(x, hashed=True)) if g is not None]
+        groups = [self._level_corners(x, group) for group in self.level_groups]
         index = torch.cat([g[0] for g in groups], dim=2) if len(groups) > 1 else groups[0][0]  # [2^D, B, L]
         weight = torch.cat([g[1] for g in groups], dim=2) if len(groups) > 1 else groups[0][1]
         if self._level_order is not None:  # levels were grouped out of order (only for unusual growth factors)
@@ -219,25 +197,21 @@ class HashGrid(nn.Module):
         encoded = _interpolate(table, index.reshape(corners, -1), weight.reshape(corners, -1))  # [B*L, F]
         return encoded.reshape(*batch_shape, self.out_dim)
 
-    def _level_corners(self, x: Float[Tensor, "B 1 D"], hashed: bool) -> Optional[Tuple[Tensor, Tensor]]:
+    def _level_corners(self, x: Float[Tensor, "B 1 D"], group: "_LevelGroup") -> Tuple[Tensor, Tensor]:
         """Table rows and trilinear weights of the cell corners for one group of levels, both [2^D, B, Lg].
 
         Corner-major so that the weighted sum over corners is a reduction over the outermost axis (contiguous,
         vectorized) rather than over a short innermost one.
         """
-        prefix = self._hashed_group if hashed else self._dense_group
-        if prefix is None:
-            return None
-        scales, sizes, offsets, multipliers = (getattr(self, f"{prefix}_{n}") for n in ("scales", "sizes", "offsets", "multipliers"))
-        masks = getattr(self, f"{prefix}_masks", None)
-        pos = x * scales.view(1, -1, 1) + 0.5  # [B, Lg, D]
+        hashed, masks = group.hashed, group.masks
+        pos = x * group.scales.view(1, -1, 1) + 0.5  # [B, Lg, D]
         cell = torch.floor(pos)
         frac = pos - cell
         # Lower and upper vertex per dimension, [2, B, Lg, D]: index terms are formed per dimension and only then
         # combined per corner, which keeps the int64 temporaries 2^D/2 times smaller than per-corner arithmetic.
         lower = cell.long()
         vertex = torch.stack([lower, lower + 1]) & _UINT32  # tiny-cuda-nn's uint32 wrap-around
-        terms = vertex * multipliers  # hash primes or dense strides, [Lg, D] broadcast
+        terms = vertex * group.multipliers  # hash primes or dense strides, [Lg, D] broadcast
         if masks is not None:
             # Power-of-two tables: `(a ^ b ^ c) % 2^k == (a % 2^k) ^ (b % 2^k) ^ (c % 2^k)`, so reduce per term, on the
             # small per-dimension tensor, and skip the modulo of the per-corner one.
@@ -267,46 +241,63 @@ class HashGrid(nn.Module):
         index = index.expand(full).reshape(corners, *rows_levels)
         weight = weight.expand(full).reshape(corners, *rows_levels)
         if masks is None:
-            index = (index & _UINT32) % sizes
-        return index + offsets, weight
+            index = (index & _UINT32) % group.sizes
+        return index + group.offsets, weight
+
+
+class _LevelGroup(nn.Module):
+    """Per-level constants of the levels that share one index mode, as non-persistent buffers (they follow `.to()`
+    and stay out of the state dict): scales, table sizes and offsets [Lg], index multipliers [Lg, D] (hash primes or
+    dense strides), and for hashed power-of-two tables the masks [Lg] (None otherwise)."""
+
+    def __init__(self, levels: List[GridLevel], hashed: bool, num_dims: int) -> None:
+        super().__init__()
+        self.hashed = hashed
+        if hashed:
+            multipliers = [list(_PRIMES[:num_dims]) for _ in levels]
+        else:
+            multipliers = [[lv.resolution**d for d in range(num_dims)] for lv in levels]
+        self.register_buffer("scales", torch.tensor([lv.scale for lv in levels], dtype=torch.float32), persistent=False)
+        self.register_buffer("sizes", torch.tensor([lv.size for lv in levels]), persistent=False)
+        self.register_buffer("offsets", torch.tensor([lv.offset for lv in levels]), persistent=False)
+        self.register_buffer("multipliers", torch.tensor(multipliers, dtype=torch.int64), persistent=False)
+        # (Dense indices are sums, which a per-term mask would not reduce correctly: they keep the modulo.)
+        power_of_two = hashed and all(lv.size & (lv.size - 1) == 0 for lv in levels)
+        masks = torch.tensor([lv.size - 1 for lv in levels]) if power_of_two else None
+        self.register_buffer("masks", masks, persistent=False)
 
 
 class _Interpolate(torch.autograd.Function):
-    """`out[m, f] = sum_c weight[c, m] * table[index[c, m], f]`, one feature column at a time.
+    """`out[m, f] = sum_c weight[c, m] * table[index[c, m], f]`, with a scatter-add backward.
 
-    Autograd's own backward for `table[index]` is an accumulating `index_put_` (serial on the CPU, the largest single
-    cost of a training step) and its products broadcast over a trailing axis of 2 features; here each feature column
-    is a contiguous vector, gathered with `index_select` and accumulated with a 1-D `scatter_add_`.
+    Autograd's own backward for `table[index]` is an accumulating `index_put_`, serial on the CPU and the largest single
+    cost of a training step; here the table gradient is accumulated one feature column at a time with a 1-D
+    `scatter_add_`. The corner axis comes first, so the sum over corners reduces the outermost axis.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
-        flat_index = index.reshape(-1)
-        columns = table.t().contiguous()  # [F, entries]: tiny next to the gathers
         weight = weight.to(table.dtype)
-        gathered = [column.index_select(0, flat_index).view_as(index) for column in columns]  # F x [C, M]
-        out = torch.stack([(g * weight).sum(dim=0) for g in gathered], dim=1)  # [M, F]
-        ctx.save_for_backward(index, weight, *(gathered if ctx.needs_input_grad[2] else []))
+        rows = table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])  # [C, M, F]
+        ctx.save_for_backward(index, weight, rows if ctx.needs_input_grad[2] else None)
         ctx.num_entries = table.shape[0]
-        return out
+        return (rows * weight[..., None]).sum(dim=0)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        index, weight, *gathered = ctx.saved_tensors
+        index, weight, rows = ctx.saved_tensors
         grad_out = grad_out.to(weight.dtype)
+        num_features = grad_out.shape[1]
         grad_table = grad_weight = None
         if ctx.needs_input_grad[0]:
             flat_index = index.reshape(-1)
-            grad_columns = []
-            for f in range(grad_out.shape[1]):
+            columns = []
+            for f in range(num_features):
                 column = torch.zeros(ctx.num_entries, dtype=weight.dtype, device=weight.device)
-                column.scatter_add_(0, flat_index, (weight * grad_out[:, f]).reshape(-1))
-                grad_columns.append(column)
-            grad_table = torch.stack(grad_columns, dim=1)
+                columns.append(column.scatter_add_(0, flat_index, (weight * grad_out[:, f]).reshape(-1)))
+            grad_table = torch.stack(columns, dim=1)
         if ctx.needs_input_grad[2]:
-            grad_weight = gathered[0] * grad_out[:, 0]
-            for f in range(1, len(gathered)):
-                grad_weight = grad_weight + gathered[f] * grad_out[:, f]
+            grad_weight = sum(rows[..., f] * grad_out[:, f] for f in range(num_features))
         return grad_table, None, grad_weight
 
 
