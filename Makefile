@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # Re-install whenever the dependency set changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast demo bench clean-venv
+.PHONY: setup test test-fast demo bench pretrain clean-venv
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ bench: setup
 	# jean-process speed on the shared clips (../shared/data); the model, transfer and GPU benchmarks take a
 	# processed clip or a trained run: see docs/benchmarks.md for their commands.
 	$(BIN)/python benchmarks/process_benchmark.py
+
+# Regenerate the shipped encoders (jean_nerfstudio/weights/) from the shared corpus (../shared/data, never copied
+# here): the held-out speakers are those of the head benchmark (docs/benchmarks.md); one clip is excluded because its
+# sound is known to be out of sync (shared/data/corpus/README.md).
+SHARED_DATA ?= ../shared/data
+pretrain: setup
+	$(BIN)/jean-pretrain $(SHARED_DATA)/corpus $(SHARED_DATA)/clips $(SHARED_DATA)/multi_speaker \
+		--work-dir pretrain_work --speaker-map benchmarks/corpus_speakers.json \
+		--held-out 'obama_*' mimictalk_german_20s may_5s vox_00098 --exclude latentsync_demo1_video \
+		--speaker-curve 8 16
 
 clean-venv:
 	rm -rf $(VENV)

@@ -182,10 +182,15 @@ def resolve_sync_encoder(model, explicit: Optional[Path]) -> Tuple[Optional[Path
     """The stage-1 checkpoint to score sync with, or (None, why not)."""
     if explicit is not None:
         return Path(explicit), None
-    trained_with = getattr(model.config, "audio_encoder_checkpoint", None)
-    if trained_with is not None and Path(trained_with).is_file():
-        return Path(trained_with), None
-    return None, "no stage-1 lip-sync checkpoint: pass --sync-encoder PATH (a jean-train-audio checkpoint)"
+    from jean_nerfstudio.weights import ShippedWeightsMissing, resolve_checkpoint, shipped_audio_encoder
+
+    try:
+        trained_with = resolve_checkpoint(getattr(model.config, "audio_encoder_checkpoint", None), "audio")
+        if trained_with is not None and trained_with.is_file():
+            return trained_with, None
+        return shipped_audio_encoder(), None  # a per-subject head is scored by the shipped lip-sync model
+    except ShippedWeightsMissing:
+        return None, "no stage-1 lip-sync checkpoint: pass --sync-encoder PATH (a jean-train-audio checkpoint)"
 
 
 def evaluate_new_audio(model, config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -231,3 +231,88 @@ def jaw_open_series(measurements: Sequence) -> np.ndarray:
     from jean_nerfstudio.metrics.face import blendshape_track
 
     return blendshape_track(measurements, "jawOpen")[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mouth opening vs speech-band energy, with its chance level and a real-video reference
+# ---------------------------------------------------------------------------------------------------------------------
+SPEECH_BAND_HZ = (1000.0, 3000.0)
+"""Where the second formant and most articulation energy lie; unlike broadband RMS this band ignores hum, breath
+thumps and the low-frequency rumble of a room, so its envelope follows syllables."""
+
+
+def speech_band_envelope(
+    waveform: np.ndarray, sample_rate: int, num_frames: int, fps: float, band: Sequence[float] = SPEECH_BAND_HZ
+) -> Float[np.ndarray, "frames"]:
+    """RMS of the waveform band-passed to `band` (Hz) in each video frame's interval (FFT band-pass, zero phase)."""
+    from jean_nerfstudio.render.inputs import frame_envelope
+
+    waveform = np.asarray(waveform, np.float64)
+    spectrum = np.fft.rfft(waveform)
+    freqs = np.fft.rfftfreq(len(waveform), 1.0 / sample_rate)
+    spectrum[(freqs < band[0]) | (freqs > band[1])] = 0.0
+    filtered = np.fft.irfft(spectrum, n=len(waveform)).astype(np.float32)
+    return frame_envelope(filtered, sample_rate, num_frames, fps)
+
+
+def mouth_opening(points: Optional[np.ndarray], groups: Dict[str, List[int]]) -> float:
+    """Inner-lip gap over the eye distance for one frame's image landmarks (NaN without a face).
+
+    The inner-lip contour's vertical extent at the mouth centre: the two points of `lips_inner` nearest the contour's
+    horizontal middle, one on each lip. Dividing by the eye distance makes it independent of image size and zoom.
+    """
+    if points is None:
+        return float("nan")
+    pts = np.asarray(points, np.float64)[:, :2]
+    inner = pts[groups["lips_inner"]]
+    eye_distance = np.linalg.norm(pts[groups["eye_left"]].mean(0) - pts[groups["eye_right"]].mean(0))
+    centre_x = inner[:, 0].mean()
+    near = inner[np.argsort(np.abs(inner[:, 0] - centre_x))[: max(4, len(inner) // 5)]]
+    return float((near[:, 1].max() - near[:, 1].min()) / max(eye_distance, 1e-6))
+
+
+@dataclass(frozen=True)
+class SpeechBandSync:
+    """How a mouth-opening series follows the speech-band envelope of the audio that drove it."""
+
+    best_correlation: Optional[float]
+    """Highest Pearson r over lags -max_lag..max_lag (both series smoothed over 3 frames)."""
+    best_lag_frames: Optional[int]
+    """The lag of that r (positive: the mouth follows the audio late)."""
+    chance_mean: Optional[float]
+    """The same best-lag r against the audio circularly shifted by >= 1 s (unrelated audio), mean over shifts."""
+    chance_p95: Optional[float]
+    """95th percentile of those shifted correlations."""
+    opening_std: Optional[float]
+    """Spread of the mouth opening (eye distances): how much the mouth moves at all."""
+    frames_used: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        from dataclasses import asdict
+
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def speech_band_sync(
+    opening: np.ndarray, waveform: np.ndarray, sample_rate: int, fps: float, max_lag: int = 3, num_shifts: int = 20
+) -> SpeechBandSync:
+    """Correlate a mouth-opening series (NaN where no face) with the speech-band envelope of `waveform`."""
+    opening = np.asarray(opening, np.float64)
+    n = len(opening)
+    envelope = speech_band_envelope(waveform, sample_rate, n, fps)
+    known = ~np.isnan(opening)
+    if known.sum() < 3:
+        return SpeechBandSync(None, None, None, None, None, int(known.sum()))
+    best = envelope_correlation(opening, envelope, smoothing=3, max_lag=max_lag)
+    min_shift = int(round(fps))
+    shifts = np.linspace(min_shift, max(n - min_shift, min_shift), num_shifts).round().astype(int) if n > 2 * min_shift else []
+    chance = [envelope_correlation(opening, np.roll(envelope, int(s)), smoothing=3, max_lag=max_lag).best_correlation for s in shifts]
+    chance = [c for c in chance if c is not None]
+    return SpeechBandSync(
+        best_correlation=best.best_correlation,
+        best_lag_frames=best.best_lag_frames,
+        chance_mean=float(np.mean(chance)) if chance else None,
+        chance_p95=float(np.percentile(chance, 95)) if chance else None,
+        opening_std=float(np.nanstd(opening)),
+        frames_used=int(known.sum()),
+    )

@@ -91,16 +91,19 @@ class JeanModelConfig(ModelConfig):
     """Size of the per-ray audio code."""
     expression_code_dim: int = 32
     """Size of the per-ray expression code."""
-    audio_encoder_checkpoint: Optional[Path] = None
-    """A stage-1 lip-aligned audio encoder (`jean-train-audio`). None: a per-subject mel-window net trained here."""
+    audio_encoder_checkpoint: Optional[Path] = Path("shipped")
+    """The stage-1 lip-aligned audio encoder: `shipped` (pre-trained on many speakers, in the package), a checkpoint
+    of `jean-train-audio`, or `none` for a per-subject mel-window net trained here from this clip alone."""
     audio_encoder_mode: Literal["frozen", "finetune"] = "frozen"
     """Keep the stage-1 encoder frozen (keeps its lip alignment for unseen voices) or fine-tune it."""
     audio_smoothing_frames: int = 4
     """Each audio code attends over this many neighbouring frames on each side."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
-    expression_encoder_checkpoint: Optional[Path] = None
-    """A pre-trained expression encoder (`jean-train-expression`). None: trained here, end to end."""
+    expression_encoder_checkpoint: Optional[Path] = Path("shipped")
+    """The pre-trained transformer expression encoder: `shipped` (in the package; a clip of another landmark layout
+    falls back to training from scratch), a checkpoint of `jean-train-expression`, or `none` to train it here from
+    scratch, end to end."""
     expression_encoder_mode: Literal["frozen", "finetune"] = "finetune"
     """Freeze the pre-trained expression encoder or fine-tune it with the head."""
     expression_objective_mult: float = 0.1

@@ -53,8 +53,11 @@ class AudioSource:
 
 
 def build_audio_source(clip: ProcessedClip, checkpoint: Optional[Path]) -> AudioSource:
-    """Audio windows + encoder for `clip`: the dataset's mel windows and a fresh `MelWindowNet`, or a stage-1
-    checkpoint's own front end applied to the clip's audio.wav."""
+    """Audio windows + encoder for `clip`: the dataset's mel windows and a fresh `MelWindowNet` (checkpoint None or
+    `none`), or a stage-1 checkpoint's own front end applied to the clip's audio.wav (`shipped`: the packaged one)."""
+    from jean_nerfstudio.weights import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint, "audio")
     if checkpoint is None:
         windows = torch.from_numpy(np.ascontiguousarray(clip.feature("mel_windows"), dtype=np.float32))
         spec = {"kind": "dataset-mel", "mel": dict(clip.metadata["mel"])}
@@ -153,6 +156,19 @@ def build_expression_source(clip: ProcessedClip, kind: str, checkpoint: Optional
             trainable=True,
             input_builder=simple_expression_inputs,
         )
+    from jean_nerfstudio.expression.inputs import ExpressionLayoutError
     from jean_nerfstudio.models.expression_bridge import build_transformer_expression_source
+    from jean_nerfstudio.weights import is_shipped, resolve_checkpoint
 
-    return build_transformer_expression_source(clip, checkpoint)
+    path = resolve_checkpoint(checkpoint, "expression")
+    try:
+        return build_transformer_expression_source(clip, path)
+    except ExpressionLayoutError as err:
+        if not is_shipped(checkpoint):
+            raise
+        # The shipped encoder reads MediaPipe's layout; a face-alignment clip trains its own from scratch instead.
+        import sys
+
+        print(f"jean: the shipped expression encoder does not fit {clip.root} ({' '.join(str(err).split())}); "
+              "training an expression encoder from scratch on this clip.", file=sys.stderr)
+        return build_transformer_expression_source(clip, None)

@@ -10,8 +10,10 @@ import tyro
 
 from jean_nerfstudio import constants as C
 
-StageName = Literal["media", "crop", "frames", "landmarks", "cameras", "masks", "features", "contract"]
-STAGE_ORDER: Tuple[str, ...] = ("media", "crop", "frames", "landmarks", "cameras", "masks", "features", "contract")
+StageName = Literal["media", "crop", "frames", "landmarks", "cameras", "avsync", "masks", "features", "contract"]
+STAGE_ORDER: Tuple[str, ...] = (
+    "media", "crop", "frames", "landmarks", "cameras", "avsync", "masks", "features", "contract"
+)
 
 
 @dataclass
@@ -77,6 +79,10 @@ class ProcessConfig:
     """Fail on clips shorter than this many seconds."""
     trim_to_audio: bool = False
     """When the audio track is shorter than the video, drop the frames past its end instead of failing."""
+    av_offset: str = "auto"
+    """Audio/video offset: 'auto' measures it with the shipped lip-sync model and corrects it when the measurement is
+    confident; a whole number K says the sound lags the picture by K frames (negative: it leads) and advances it by K;
+    0 keeps the recording as it is."""
     crop_scale: float = 2.6
     """Side of the square crop as a multiple of the face size (head, hair, neck and some shoulders fit)."""
     crop_shift: float = 0.1

@@ -337,6 +337,10 @@ def run_media(ctx) -> Dict[str, Any]:
     if float(np.abs(wave).max(initial=0.0)) < 1e-4:
         ctx.warn(f"{cfg.video}: the audio track is silent; audio features will carry no speech.")
     write_wav(ctx.root / C.AUDIO_FILE, wave, C.AUDIO_SAMPLE_RATE)
+    # The audio as recorded, for the avsync stage, which rewrites audio.wav from it (never shifting twice).
+    from jean_nerfstudio.process.avsync import RECORDED_AUDIO
+
+    write_wav(ctx.work_dir / RECORDED_AUDIO, wave, C.AUDIO_SAMPLE_RATE)
     ctx.progress.advance("media")
     return {
         "probe": probe.to_dict(),

@@ -1,9 +1,10 @@
 """The stage table of `jean-process`: what each stage reads, writes and depends on.
 
-    media -> crop -> frames -> landmarks -> cameras -> masks -> features -> contract
+    media -> crop -> frames -> landmarks -> cameras -> avsync -> masks -> features -> contract
 
 media: probe the file, fix the frame count, write audio.wav | crop: the fixed square crop | frames: images/*.jpg |
-landmarks: 2D landmarks, blendshapes, backend pose | cameras: bundle adjustment | masks: segmentation/*.png and
+landmarks: 2D landmarks, blendshapes, backend pose | cameras: bundle adjustment | avsync: measure (and correct) the
+audio/video offset with the shipped lip-sync model | masks: segmentation/*.png and
 background.png | features: mel windows, eye blink | contract: transforms.json and jean.json (complete).
 """
 
@@ -60,6 +61,7 @@ def _segmenter_identity(config: ProcessConfig) -> str:
 
 
 def build_stages() -> List[Stage]:
+    from jean_nerfstudio.process.avsync import RECORDED_AUDIO, run_avsync
     from jean_nerfstudio.process.cameras import run_cameras
     from jean_nerfstudio.process.crop import run_crop
     from jean_nerfstudio.process.decode import run_frames, run_media
@@ -73,7 +75,7 @@ def build_stages() -> List[Stage]:
         Stage(
             "media", (), run_media,
             lambda c: {"video": _video_identity(c), "fps": c.fps, "min": c.min_duration, "trim": c.trim_to_audio},
-            Outputs(files=(C.AUDIO_FILE,)),
+            Outputs(files=(C.AUDIO_FILE, f"{_WORK}/{RECORDED_AUDIO}")),
         ),
         Stage(
             "crop", ("media",), run_crop,
@@ -97,21 +99,35 @@ def build_stages() -> List[Stage]:
             Outputs(files=(_feature("head_pose"), _feature("landmarks_canonical"), f"{_WORK}/camera_to_world.npy")),
         ),
         Stage(
+            # No outputs of its own: it rewrites the media stage's audio.wav from the recorded copy (idempotent).
+            "avsync", ("media", "landmarks", "cameras"), run_avsync, lambda c: {"av_offset": str(c.av_offset).lower()},
+        ),
+        Stage(
             "masks", ("media", "frames", "landmarks"), run_masks, lambda c: {"segmenter": _segmenter_identity(c)},
             Outputs(files=(C.BACKGROUND_FILE,), patterns=((C.SEGMENTATION_DIR, r"\d{6}\.png"),)),
         ),
         Stage(
-            "features", ("media", "landmarks"), run_features, lambda c: {"mel": "MelSettings()"},
+            "features", ("media", "landmarks", "avsync"), run_features, lambda c: {"mel": "MelSettings()"},
             Outputs(files=(_feature("mel"), _feature("mel_windows"), _feature("eye_blink"))),
         ),
         Stage(
-            "contract", ("media", "crop", "landmarks", "cameras", "masks", "features"), run_contract,
+            "contract", ("media", "crop", "landmarks", "cameras", "avsync", "masks", "features"), run_contract,
             lambda c: {"eval_fraction": c.eval_fraction},
             Outputs(files=(C.TRANSFORMS_FILE,)),
         ),
     ]  # fmt: skip
     assert tuple(s.name for s in stages) == STAGE_ORDER
     return stages
+
+
+def _valid_av_offset(value: str) -> bool:
+    from jean_nerfstudio.audio.av_offset import parse_av_offset
+
+    try:
+        parse_av_offset(value)
+    except ValueError:
+        return False
+    return True
 
 
 def validate(config: ProcessConfig) -> None:
@@ -128,6 +144,7 @@ def validate(config: ProcessConfig) -> None:
         (1 <= config.jpeg_quality <= 100, f"--jpeg-quality must be in [1, 100], got {config.jpeg_quality}"),
         (config.scene_scale_cm > 0, f"--scene-scale-cm must be > 0, got {config.scene_scale_cm}"),
         (config.bundle_adjust.iterations >= 2, "--bundle-adjust.iterations must be >= 2"),
+        (_valid_av_offset(config.av_offset), f"--av-offset must be 'auto' or a whole number of frames, got {config.av_offset!r}"),
     ]
     for ok, message in checks:
         if not ok:

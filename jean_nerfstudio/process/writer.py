@@ -133,6 +133,8 @@ def run_contract(ctx) -> Dict[str, Any]:
             "sample_rate": C.AUDIO_SAMPLE_RATE,
             "num_samples": int(media["audio"]["num_samples"]),
             "alignment": {k: v for k, v in media["audio"].items() if k != "num_samples"},
+            # What the avsync stage measured and applied (frames the recorded sound lagged the picture).
+            "av_offset": ctx.results.get("avsync"),
         },
         "mel": feats["mel"],
         "landmarks": {

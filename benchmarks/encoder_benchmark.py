@@ -1,0 +1,224 @@
+"""What the shipped pre-trained encoders buy a head (issue 13): shipped vs per-subject encoders, same clip, same steps.
+
+For each processed clip (speakers NOT in pre-training) and each arm:
+
+* `shipped`      the defaults: the packaged stage-1 audio encoder (frozen) and expression encoder (fine-tuned);
+* `per-subject`  `--pipeline.model.audio-encoder-checkpoint none --pipeline.model.expression-encoder-checkpoint none`;
+* `nerfacto`     nerfstudio's static nerfacto on the same data (the mouth-PSNR reference of the issue's target),
+
+it trains `jean-small` (or nerfacto) for the same iterations, then reports
+
+* held-out quality on frames spread over the clip's held-out tail: PSNR (frame, head, mouth) and LMD-mouth;
+* lip sync of renders driven by unseen-language tracks: the correlation of the rendered mouth opening (inner-lip gap
+  over the eye distance, MediaPipe) with the track's speech-band (1-3 kHz) envelope at the best lag in +-3 frames, its
+  chance level from the same track circularly shifted by >= 1 s, and the same number for the real video of that
+  speaker (its own frames and audio, at the same resolution) as the reference;
+* diagnostics on the first track: the same render with the neutral expression held still, and with silence.
+
+    python benchmarks/encoder_benchmark.py PROCESSED/obama_2 PROCESSED/mimictalk_german_20s \
+        --tracks ../shared/data/audio/{german,chinese,japanese}.wav --iterations 1000 --output docs/bench/encoders.json
+
+The JSON names clips and tracks by file name only (no paths of this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import train  # noqa: E402
+from model_benchmark import nerfacto_pipeline_config, offline_lpips_placeholder  # noqa: E402
+
+
+def jean_config(data: Path, arm: str):
+    import copy
+
+    from jean_nerfstudio.jean_config import jean_small_method
+
+    config = copy.deepcopy(jean_small_method.config)
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser.data = data
+    if arm == "per-subject":
+        config.pipeline.model.audio_encoder_checkpoint = None
+        config.pipeline.model.expression_encoder_checkpoint = None
+    return config
+
+
+def resized(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[0] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+@torch.no_grad()
+def held_out_quality(pipeline, meter, max_frames: int) -> Dict[str, float]:
+    """PSNR over the frame, the head and the mouth, and LMD-mouth, on held-out frames (reference renderer)."""
+    from jean_nerfstudio import constants as C
+    from jean_nerfstudio.data.dataset import read_labels
+    from jean_nerfstudio.metrics import face
+    from jean_nerfstudio.models.jean_model import psnr
+
+    pipeline.eval()
+    dataset = pipeline.datamanager.eval_dataset
+    segmentation = dataset.metadata["segmentation_filenames"]
+    chosen = np.linspace(0, len(dataset) - 1, min(len(dataset), max_frames)).round().astype(int)
+    device = pipeline.model.device
+    values: Dict[str, List[float]] = {"psnr": [], "psnr_head": [], "psnr_mouth": []}
+    pairs = []
+    for i in chosen:
+        camera = dataset.cameras[int(i) : int(i) + 1].to(device)
+        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).float()
+        image = dataset.get_image_float32(int(i))[..., :3].to(device)
+        labels = read_labels(segmentation[int(i)])[..., 0].to(device)
+        head = (labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)
+        mouth = labels == C.LABEL_MOUTH
+        values["psnr"].append(float(psnr(rgb, image)))
+        values["psnr_head"].append(float(psnr(rgb[head], image[head])))
+        if mouth.any():
+            values["psnr_mouth"].append(float(psnr(rgb[mouth], image[mouth])))
+        to_u8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+        pairs.append((meter.measure(to_u8(rgb)), meter.measure(to_u8(image))))
+    out = {k: round(float(np.mean(v)), 3) for k, v in values.items() if v}
+    lmd = face.lmd(pairs, face.MOUTH_POINTS)
+    out["lmd_mouth_px"] = None if lmd.value is None else round(float(lmd.value), 3)
+    out["frames"] = int(len(chosen))
+    return out
+
+
+def opening_series(frames: List[np.ndarray], meter) -> np.ndarray:
+    from jean_nerfstudio.contract import LANDMARK_GROUPS
+    from jean_nerfstudio.metrics.sync import mouth_opening
+
+    groups = LANDMARK_GROUPS["mediapipe"]
+    return np.array([mouth_opening(meter.measure(f).points, groups) for f in frames])
+
+
+@torch.no_grad()
+def driven_render(model, waveform: np.ndarray, seconds: float, size: int, expression: str) -> List[np.ndarray]:
+    """Frames of the head speaking `waveform` (poses looped from the clip, like jean-render's default)."""
+    from jean_nerfstudio.models.driving import audio_codes_for_waveform, driven_cameras
+    from jean_nerfstudio.render.cli import render_frames
+    from jean_nerfstudio.render.inputs import expression_sequence, pose_sequence
+
+    fps = float(model.fps)
+    num_frames = int(round(seconds * fps))
+    codes = audio_codes_for_waveform(model, waveform, num_frames, fps)
+    expressions = expression_sequence(model, expression, None, num_frames, fps)
+    c2w, pose_frames = pose_sequence(model, "loop", num_frames, fps)
+    cameras = driven_cameras(model, c2w, codes, expressions, pose_frames, width=size, height=size)
+    return list(render_frames(model, cameras))
+
+
+def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int) -> Dict[str, Any]:
+    """The speech-band sync number of the real video (its own frames and audio) at the render resolution."""
+    from PIL import Image
+
+    from jean_nerfstudio.audio.data import clip_waveform
+    from jean_nerfstudio.contract import ProcessedClip
+    from jean_nerfstudio.metrics.sync import speech_band_sync
+
+    clip = ProcessedClip.open(clip_dir)
+    count = min(clip.num_frames, max_frames)
+    entries = sorted(clip.transforms["frames"], key=lambda f: int(f["frame_index"]))[:count]
+    frames = [resized(np.asarray(Image.open(clip.root / e["file_path"]).convert("RGB")), size) for e in entries]
+    waveform = clip_waveform(clip)[: int(round(count / clip.fps * 16000))]
+    return speech_band_sync(opening_series(frames, meter), waveform, 16000, clip.fps).to_dict()
+
+
+def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagnostics: bool) -> Dict[str, Any]:
+    from jean_nerfstudio.metrics.sync import speech_band_sync
+    from jean_nerfstudio.render.inputs import load_driving_audio
+
+    out: Dict[str, Any] = {}
+    for k, track in enumerate(tracks):
+        audio = load_driving_audio(track, max_seconds=seconds)
+        started = time.perf_counter()
+        frames = driven_render(model, audio.waveform, audio.duration, size, "own")
+        entry = speech_band_sync(opening_series(frames, meter), audio.waveform, 16000, model.fps).to_dict()
+        entry["render_seconds_per_frame"] = round((time.perf_counter() - started) / max(len(frames), 1), 3)
+        if diagnostics and k == 0:
+            neutral = driven_render(model, audio.waveform, audio.duration, size, "neutral")
+            entry["neutral_expression"] = speech_band_sync(opening_series(neutral, meter), audio.waveform, 16000, model.fps).to_dict()
+            silence = np.zeros_like(audio.waveform)
+            muted = driven_render(model, silence, audio.duration, size, "own")
+            # Against the track that was NOT played: what the looped expression alone does to the mouth.
+            entry["silence"] = speech_band_sync(opening_series(muted, meter), audio.waveform, 16000, model.fps).to_dict()
+        out[track.name] = entry
+        print(f"    {track.name}: r {entry['best_correlation']} @ {entry['best_lag_frames']} "
+              f"(chance {entry['chance_mean']}, p95 {entry['chance_p95']}), opening std {entry['opening_std']}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clips", type=Path, nargs="+", help="processed clips of speakers not in pre-training")
+    parser.add_argument("--tracks", type=Path, nargs="+", required=True, help="unseen-language driving audio")
+    parser.add_argument("--arms", nargs="+", default=["shipped", "per-subject", "nerfacto"])
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--eval-frames", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each track rendered")
+    parser.add_argument("--size", type=int, default=128, help="render (and real-video reference) resolution")
+    parser.add_argument("--no-diagnostics", action="store_true", help="skip the neutral-expression and silence renders")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    offline_lpips_placeholder()
+
+    from jean_nerfstudio.metrics.face import FaceMeter
+
+    results: Dict[str, Any] = {
+        "date": str(date.today()),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "iterations": args.iterations, "eval_frames": args.eval_frames, "seconds_per_track": args.seconds,
+        "render_size": args.size, "tracks": [t.name for t in args.tracks], "clips": {},
+    }
+
+    def save() -> None:
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+    with FaceMeter() as meter:
+        for clip_dir in args.clips:
+            name = clip_dir.name
+            entry: Dict[str, Any] = {"real_video": real_video_reference(clip_dir, meter, args.size, int(20 * 25))}
+            print(f"{name}: real video {entry['real_video']}")
+            results["clips"][name] = entry
+            for arm in args.arms:
+                torch.manual_seed(0)
+                if arm == "nerfacto":
+                    jean_model = jean_config(clip_dir, "shipped").pipeline.model
+                    config = nerfacto_pipeline_config(clip_dir, 1024, jean_model)
+                else:
+                    config = jean_config(clip_dir, arm)
+                print(f"{name} / {arm}: training {args.iterations} iterations")
+                run = train(config, "cpu", max_steps=args.iterations)
+                arm_entry: Dict[str, Any] = {
+                    "train_seconds": round(run.train_seconds, 1),
+                    "seconds_per_iteration": round(run.seconds_per_iteration, 3),
+                    "held_out": held_out_quality(run.pipeline, meter, args.eval_frames),
+                }
+                print(f"  held out: {arm_entry['held_out']}")
+                if arm != "nerfacto":
+                    arm_entry["lip_sync"] = lip_sync(
+                        run.pipeline.model, args.tracks, args.seconds, args.size, meter, not args.no_diagnostics
+                    )
+                entry[arm] = arm_entry
+                save()
+    save()
+
+
+if __name__ == "__main__":
+    main()
