@@ -47,8 +47,10 @@ class JeanModelConfig(ModelConfig):
     _target: Type = field(default_factory=lambda: JeanModel)
     """Target class to instantiate."""
     # ----- head field -----
-    implementation: Literal["auto", "tcnn", "torch"] = "auto"
-    """Hash grid backend: tinycudann when importable and on CUDA ('auto'), else plain torch."""
+    implementation: Literal["auto", "tcnn", "triton", "torch"] = "auto"
+    """Hash grid backend of every grid (head, proposal, torso); all share one parameter layout, so checkpoints move
+    between them. 'auto' on CUDA: tinycudann if its one-time subprocess self-check passed, else Triton, else torch;
+    on a CPU: torch (see fields/grid_backends.py)."""
     num_levels: int = 16
     """Levels of the canonical head grid."""
     base_resolution: int = 16
