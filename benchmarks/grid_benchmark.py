@@ -76,8 +76,8 @@ def main() -> None:
     points = args.points or (1 << 18 if device.type == "cuda" else 1 << 14)
 
     torch.manual_seed(0)
-    grid = HashGrid(num_levels=args.levels, log2_hashmap_size=args.log2_hashmap_size, max_resolution=args.max_resolution,
-                    implementation="torch").to(device)  # tcnn in float16 output, its training path
+    grid = HashGrid(num_levels=args.levels, log2_hashmap_size=args.log2_hashmap_size,
+                    max_resolution=args.max_resolution, implementation="torch").to(device)  # tcnn in float16 output, its training path
     x = torch.rand(points, 3, device=device)
     upstream = torch.randn(points, grid.out_dim, device=device)
     encoders = {"torch": grid.torch_forward, "triton": grid.triton_forward, "tcnn": grid.tcnn_forward}

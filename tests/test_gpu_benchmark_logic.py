@@ -76,7 +76,8 @@ def test_nothing_committed_builds_tinycudann():
     listed = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True)
     if listed.returncode != 0:
         pytest.skip("not a git checkout")
-    files = [REPO_ROOT / f for f in listed.stdout.splitlines() if f.endswith((".sh", ".py", ".md", ".toml", "Makefile"))]
+    suffixes = (".sh", ".py", ".md", ".toml", "Makefile")
+    files = [REPO_ROOT / f for f in listed.stdout.splitlines() if f.endswith(suffixes)]
     this = Path(__file__).resolve()
     for path in files:
         if path.resolve() == this or not path.is_file():

@@ -156,7 +156,9 @@ class HashGrid(nn.Module):
             # Imported only here: `auto` reaches this after the subprocess self-check passed (fields/tcnn_probe.py).
             import tinycudann as tcnn  # type: ignore
 
-            module = tcnn.Encoding(n_input_dims=self.num_dims, encoding_config=self.tcnn_config(), dtype=self.tcnn_dtype)
+            module = tcnn.Encoding(
+                n_input_dims=self.num_dims, encoding_config=self.tcnn_config(), dtype=self.tcnn_dtype
+            )
             if module.params.numel() != self.params.numel():
                 raise RuntimeError(
                     f"tinycudann's HashGrid has {module.params.numel()} parameters, the torch layout "

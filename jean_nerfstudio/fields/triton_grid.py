@@ -50,6 +50,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "
 
 BLOCK_POINTS = 128
 """Points per program (one program = one block of points at one level)."""
+_FP_FUSION = False
+"""No fused multiply-add: `x * scale + 0.5` rounds twice, as in the torch grid, so a point on a cell boundary lands in
+the same cell (and gets the same position gradient) as with the torch grid. The kernels are dominated by table gathers,
+so the separate roundings should cost little (not yet measured on a GPU)."""
 
 
 def runs_on(device: torch.device | str) -> bool:
@@ -290,7 +294,7 @@ class _TritonGridEncode(torch.autograd.Function):
             launch = (triton.cdiv(num_points, BLOCK_POINTS), levels.num_levels)
             _grid_forward_kernel[launch](
                 positions, table, out, *levels.args(), num_points, levels.num_levels,
-                D=levels.num_dims, F=levels.features, BLOCK=BLOCK_POINTS,
+                D=levels.num_dims, F=levels.features, BLOCK=BLOCK_POINTS, enable_fp_fusion=_FP_FUSION,
             )
         ctx.save_for_backward(positions, table)
         ctx.levels = levels
@@ -314,7 +318,7 @@ class _TritonGridEncode(torch.autograd.Function):
                 grad_pos if grad_pos is not None else dummy,
                 *levels.args(), num_points, levels.num_levels,
                 D=levels.num_dims, F=levels.features, BLOCK=BLOCK_POINTS,
-                TABLE_GRAD=want_table, POS_GRAD=want_pos,
+                TABLE_GRAD=want_table, POS_GRAD=want_pos, enable_fp_fusion=_FP_FUSION,
             )
         return (
             grad_pos.to(positions.dtype) if grad_pos is not None else None,
