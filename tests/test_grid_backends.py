@@ -34,7 +34,8 @@ class Encoding(torch.nn.Module):
             ctypes.string_at(0)  # reads address 0: SIGSEGV, as a native extension's first CUDA call can
         if MODE == "abort":
             os.abort()
-        
+        from jean_nerfstudio.fields.hash_grid import HashGrid
+
         c = encoding_config
         top = round(c["base_resolution"] * c["per_level_scale"] ** (c["n_levels"] - 1))
         self.reference = HashGrid(num_dims=n_input_dims, num_levels=c["n_levels"],
