@@ -36,18 +36,18 @@ def resolve_implementation(requested: Implementation, device: Optional[torch.dev
 
 def choose_implementation(requested: Implementation, device_type: str) -> Tuple[str, Optional[str]]:
     """(backend, a one-line note when the request was not honoured as asked, else None)."""
+    if requested not in ("auto", "tcnn", "triton", "torch"):
+        raise ValueError(f"unknown hash grid implementation {requested!r}; use auto, tcnn, triton or torch")
+    if requested == "torch" or (requested == "auto" and device_type != "cuda"):
+        return "torch", None
+    # Imported only when a fast backend is in question (importing Triton costs a moment; CPU runs never need it).
     from jean_nerfstudio.fields import triton_grid
     from jean_nerfstudio.fields.tcnn_probe import RECHECK_COMMAND, check_tcnn, tcnn_installed
 
-    if requested not in ("auto", "tcnn", "triton", "torch"):
-        raise ValueError(f"unknown hash grid implementation {requested!r}; use auto, tcnn, triton or torch")
-    if requested == "torch":
-        return "torch", None
     if device_type != "cuda":
         if requested == "triton" and triton_grid.runs_on(device_type):  # TRITON_INTERPRET=1 (tests)
             return "triton", None
-        note = None if requested == "auto" else f"implementation={requested!r} needs CUDA; using the torch hash grid."
-        return "torch", note
+        return "torch", f"implementation={requested!r} needs CUDA; using the torch hash grid."
 
     fallback = "triton" if triton_grid.runs_on("cuda") else "torch"
     if requested == "triton":
