@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import pytest
 
@@ -55,8 +56,34 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "clip", num_frames=12, size=32)
 
 
-def small_pipeline_config(data: Path, **model_overrides):
-    """The jean-small pipeline config, shrunk for unit tests (torch grids, few samples)."""
+TINY_MODEL = dict(
+    num_levels=4,
+    log2_hashmap_size=10,
+    max_resolution=64,
+    coarse_levels=2,
+    num_proposal_samples_per_ray=(16,),
+    num_nerf_samples_per_ray=8,
+    proposal_levels=(2,),
+    proposal_max_resolution=(32,),
+    torso_levels=2,
+    torso_max_resolution=32,
+    eval_num_rays_per_chunk=512,
+)
+"""Size-only shrinking of jean-small's model, for tests about wiring rather than the defaults: fewer grid levels,
+smaller tables and resolutions, fewer samples per ray and one proposal network instead of two. It never changes which
+components run (expression and audio encoders, grid backend, losses). Tests name it where they use it."""
+
+TINY_BATCHES = dict(train_num_rays_per_batch=256, eval_num_rays_per_batch=256, frames_per_batch=4)
+"""Smaller ray batches for the same kind of test (named where used, like TINY_MODEL)."""
+
+
+def small_pipeline_config(data: Path, datamanager: Optional[Dict[str, Any]] = None, **model_overrides):
+    """The registered jean-small trainer config pointed at `data`, with exactly the overrides the caller names.
+
+    Nothing else is replaced: a helper that silently swapped a default (it once forced the mlp expression encoder and
+    the torch grids) hid a data-parallel crash of the default transformer encoder. A test that needs a cheaper model
+    says so: `small_pipeline_config(data, datamanager=TINY_BATCHES, **TINY_MODEL)`.
+    """
     from jean_nerfstudio.jean_config import jean_small_method
 
     import copy
@@ -66,26 +93,12 @@ def small_pipeline_config(data: Path, **model_overrides):
     pipeline = config.pipeline
     pipeline.datamanager.data = data
     pipeline.datamanager.dataparser.data = data
-    pipeline.datamanager.train_num_rays_per_batch = 256
-    pipeline.datamanager.eval_num_rays_per_batch = 256
-    pipeline.datamanager.frames_per_batch = 4
-    pipeline.datamanager.load_threads = 1
-    model = pipeline.model
-    model.implementation = "torch"
-    model.num_levels = 4
-    model.log2_hashmap_size = 10
-    model.max_resolution = 64
-    model.coarse_levels = 2
-    model.num_proposal_samples_per_ray = (16,)
-    model.num_nerf_samples_per_ray = 8
-    model.proposal_levels = (2,)
-    model.proposal_max_resolution = (32,)
-    model.torso_levels = 2
-    model.torso_max_resolution = 32
-    model.expression_encoder = "mlp"
-    model.eval_num_rays_per_chunk = 512
+    for key, value in (datamanager or {}).items():
+        assert hasattr(pipeline.datamanager, key), key
+        setattr(pipeline.datamanager, key, value)
     for key, value in model_overrides.items():
-        setattr(model, key, value)
+        assert hasattr(pipeline.model, key), key  # a misspelt override must not pass silently either
+        setattr(pipeline.model, key, value)
     return config
 
 

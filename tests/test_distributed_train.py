@@ -1,8 +1,12 @@
-"""`ns-train jean` data-parallel: two processes on the gloo backend (CPU) end with identical weights.
+"""`ns-train jean-small` data-parallel with its DEFAULT config: two processes on the gloo backend (CPU) end with
+identical weights.
 
 nerfstudio's launcher asserts CUDA before spawning, so this test spawns the two ranks itself and runs, in each, what
 that launcher's workers run after joining the process group (Trainer setup + train). On a GPU machine
-`ns-train jean --machine.num-devices N` uses the same pipeline with nccl.
+`ns-train jean-small --machine.num-devices N` uses the same pipeline with nccl. The model is jean-small as registered
+(transformer expression encoder, its objective on step 0, default grids and samples): only the dataset, the step
+count and where the run writes are set here, so a fault of a default shows (the expression objective once ran outside
+DDP's forward and both ranks failed on step 0).
 """
 
 from __future__ import annotations
@@ -58,3 +62,5 @@ def test_two_gloo_ranks_end_with_identical_weights(synthetic_dataset, tmp_path):
         torch.testing.assert_close(a[key], b[key], msg=f"{key} differs between ranks")
     # They trained: the weights moved away from any initialization both ranks could share by chance.
     assert a["field.grid.params"].abs().max() > 1e-3
+    # ... with the default expression encoder, whose objective ran (step 0) and moved its own weights too.
+    assert any(key.startswith("expression_objective.") for key in a)

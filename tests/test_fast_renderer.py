@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_pipeline_config
+from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
 
 from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
 
@@ -16,7 +16,9 @@ def dense_model(synthetic_dataset):
     from nerfstudio.engine.optimizers import Optimizers
 
     torch.manual_seed(0)
-    config = small_pipeline_config(synthetic_dataset)
+    # 150 training steps on the CPU: tiny grids, and the per-frame mlp expression encoder (this test is about the
+    # renderer, which takes the codes as given).
+    config = small_pipeline_config(synthetic_dataset, datamanager=TINY_BATCHES, expression_encoder="mlp", **TINY_MODEL)
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     optimizers = Optimizers(config.optimizers, pipe.get_param_groups())
     callbacks = pipe.get_training_callbacks(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_pipeline_config
+from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.models.jean_model import head_pose_features, project_directions, sample_image
@@ -15,7 +15,7 @@ from jean_nerfstudio.models.viewer_controls import AUDIO_MUTED, AUDIO_OTHER, EXP
 @pytest.fixture(scope="module")
 def pipeline(synthetic_dataset):
     torch.manual_seed(0)
-    config = small_pipeline_config(synthetic_dataset)
+    config = small_pipeline_config(synthetic_dataset, datamanager=TINY_BATCHES, **TINY_MODEL)  # wiring, not quality
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     # A few optimizer-free steps of random weights are enough: these tests are about wiring, not quality.
     pipe.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_pipeline_config
+from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.models import driving
@@ -13,7 +13,7 @@ from jean_nerfstudio.models import driving
 @pytest.fixture(scope="module")
 def pipeline(tiny_dataset):
     torch.manual_seed(0)
-    config = small_pipeline_config(tiny_dataset, expression_encoder="transformer", expression_objective_every=1)
+    config = small_pipeline_config(tiny_dataset, datamanager=TINY_BATCHES, expression_objective_every=1, **TINY_MODEL)
     return config.pipeline.setup(device="cpu", test_mode="val")
 
 

@@ -37,7 +37,6 @@ from robustness_media import media
 BIN = Path(sys.executable).parent
 NS_TRAIN_SMALL = [
     "--vis", "tensorboard", "--max-num-iterations", "2", "--steps-per-save", "1",
-    "--pipeline.model.implementation", "torch", "--pipeline.model.expression-encoder", "mlp",
     "--pipeline.model.num-levels", "4", "--pipeline.model.log2-hashmap-size", "10",
     "--pipeline.model.max-resolution", "64", "--pipeline.model.num-proposal-samples-per-ray", "16",
     "--pipeline.model.num-nerf-samples-per-ray", "8", "--pipeline.model.proposal-levels", "2",
@@ -47,7 +46,8 @@ NS_TRAIN_SMALL = [
     "--pipeline.datamanager.load-threads", "1", "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000",
     "--steps-per-eval-all-images", "100000",
 ]  # fmt: skip
-"""jean-small shrunk for a CPU test (the conftest's small_pipeline_config, as command-line flags)."""
+"""jean-small shrunk for a CPU test, as command-line flags: the conftest's TINY_MODEL and TINY_BATCHES sizes, every
+component a default (expression encoder, grid backend)."""
 SMALL_SYNC = SyncModelConfig(audio=AudioEncoderConfig(width=32, output_dim=16, embed_dim=16), mouth=MouthEncoderConfig(hidden=32))
 
 

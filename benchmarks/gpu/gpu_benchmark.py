@@ -1,9 +1,10 @@
 """One GPU measurement of the jean method: held-out PSNR against training time, render FPS, peak memory.
 
-Run by benchmarks/gpu/run.sh on the GPU machine once per hash-grid implementation (tcnn, torch), or on any machine
-with `--dry-run` (tiny settings; the CPU test suite runs it that way to keep the logic honest).
+Run by benchmarks/gpu/run.sh on the GPU machine once per hash-grid backend (torch, triton, and tcnn where tinycudann is
+installed and passed its self-check), or on any machine with `--dry-run` (tiny settings; the CPU test suite runs it
+that way to keep the logic honest). A backend that cannot run here writes `{"skipped": why}` and exits with code 3.
 
-    python benchmarks/gpu/gpu_benchmark.py --data DATASET --implementation tcnn --train-seconds 180 --out OUT
+    python benchmarks/gpu/gpu_benchmark.py --data DATASET --implementation triton --train-seconds 600 --out OUT
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 from common import evaluate_held_out, synchronize, train  # noqa: E402
+
+from jean_nerfstudio.fields.hash_grid import HashGrid  # noqa: E402
 
 
 def build_config(data: Path, implementation: str, dry_run: bool):
@@ -48,6 +51,23 @@ def build_config(data: Path, implementation: str, dry_run: bool):
         config.pipeline.model.num_nerf_samples_per_ray = 8
         config.pipeline.model.torso_levels = 2
     return config
+
+
+def why_not_runnable(implementation: str, device: str) -> str:
+    """"" when the backend can run on `device`, else why not (never falls back: a benchmark names what it measured)."""
+    from jean_nerfstudio.fields import triton_grid
+    from jean_nerfstudio.fields.tcnn_probe import check_tcnn, tcnn_installed
+
+    if implementation == "torch":
+        return ""
+    if device != "cuda":
+        return f"{implementation} needs CUDA"
+    if implementation == "triton":
+        return "" if triton_grid.runs_on("cuda") else "Triton is not importable"
+    if not tcnn_installed():
+        return "tinycudann is not installed"
+    result = check_tcnn("cuda")
+    return "" if result.passed else f"tinycudann failed its self-check: {result.reason}"
 
 
 def gpu_name(device: str) -> str:
@@ -127,9 +147,9 @@ def measure_rendering(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--implementation", choices=["tcnn", "torch"], default="tcnn")
-    parser.add_argument("--train-seconds", type=float, default=180.0)
-    parser.add_argument("--eval-at", type=float, nargs="*", default=[60.0, 120.0, 180.0])
+    parser.add_argument("--implementation", choices=["torch", "triton", "tcnn"], default="triton")
+    parser.add_argument("--train-seconds", type=float, default=600.0)
+    parser.add_argument("--eval-at", type=float, nargs="*", default=[120.0, 300.0, 600.0])
     parser.add_argument("--eval-frames", type=int, default=8, help="held-out frames per PSNR checkpoint")
     parser.add_argument("--render-size", type=int, default=512)
     parser.add_argument("--render-frames", type=int, default=100)
@@ -142,10 +162,11 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
 
-    from jean_nerfstudio.fields.hash_grid import TCNN_AVAILABLE
-
-    if args.implementation == "tcnn" and not (TCNN_AVAILABLE and device == "cuda"):
-        print(json.dumps({"implementation": "tcnn", "error": "tinycudann not importable or no CUDA"}))
+    skipped = why_not_runnable(args.implementation, device)
+    if skipped:
+        result = {"implementation": args.implementation, "device": gpu_name(device), "skipped": skipped}
+        (args.out / f"result_{args.implementation}.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))
         sys.exit(3)
     config = build_config(args.data, args.implementation, args.dry_run)
     if device == "cuda":
@@ -165,11 +186,13 @@ def main() -> None:
     except Exception:  # keep the training numbers of a one-shot GPU session even when rendering fails
         traceback.print_exc()
         rendering = {"rendering_error": traceback.format_exc(limit=-4).strip().splitlines()[-6:]}
+    grids = {m.implementation for m in run.pipeline.model.modules() if isinstance(m, HashGrid)}
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "device": gpu_name(device),
         "torch": torch.__version__,
         "implementation": args.implementation,
+        "grids_ran": sorted(grids),  # what the model's grids resolved to (a fallback would show here)
         "data": str(args.data),
         "rays_per_batch": config.pipeline.datamanager.train_num_rays_per_batch,
         "train_seconds": round(run.train_seconds, 1),

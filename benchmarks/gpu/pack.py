@@ -1,13 +1,13 @@
 """Pack what the one-call GPU benchmark needs into a git-ignored folder that travels with the repository.
 
-The GPU machine has Python 3.12, torch + CUDA, nvcc and CMake, but no internet and no nerfstudio. This step, run on
+The GPU machine has Python 3.12 and torch + CUDA (with Triton), but no internet and no nerfstudio. This step, run on
 a machine with PyPI access, gathers:
   wheels/   cp312 manylinux wheels of the packages that machine lacks (installed there with --no-deps)
   data/     one processed clip (the files the model reads, nothing else)
-  tcnn/     a tiny-cuda-nn source tree for its torch bindings (optional; from your own checkout, see --tcnn-source)
-and checks that the total stays under the transfer limit.
+and checks that the total stays under the transfer limit. Nothing else travels: the Triton grid needs no build, and
+tinycudann is benchmarked only where the machine already has it.
 
-    python benchmarks/gpu/pack.py --dataset data/obama_2 --tcnn-source ~/src/tiny-cuda-nn --dest .gpu_carry
+    python benchmarks/gpu/pack.py --dataset data/obama_2 --dest .gpu_carry
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ WHEELS = [
     "pytorch-msssim==1.0.0",
     "gsplat==1.4.0",
     "tensorly==0.10.0",
-    # tiny-cuda-nn's setup.py imports pkg_resources, which setuptools >= 81 no longer has.
-    "setuptools==80.9.0",
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
@@ -55,9 +53,6 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 # checks that the dataset is whole before training. Stage stamps and caches stay behind.
 DATASET_ITEMS = ["jean.json", "transforms.json", "background.png", "audio.wav", "images", "segmentation",
                  *(f"features/{name}" for name in C.FEATURE_FILES.values())]
-# What tiny-cuda-nn's torch bindings build needs (headers, sources, the bindings, fmt, small vendored headers).
-TCNN_ITEMS = ["CMakeLists.txt", "LICENSE.txt", "include", "src", "bindings/torch", "dependencies/fmt/include",
-              "dependencies/fmt/src", "dependencies/pcg32", "dependencies/json", "dependencies/pybind11_json"]
 LIMIT_BYTES = 64 * 2**20
 
 
@@ -94,7 +89,6 @@ def folder_bytes(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, help="a processed clip (jean-process output)")
-    parser.add_argument("--tcnn-source", type=Path, help="a tiny-cuda-nn checkout with its fmt submodule")
     parser.add_argument("--dest", type=Path, default=REPO / ".gpu_carry")
     parser.add_argument("--skip-wheels", action="store_true")
     args = parser.parse_args()
@@ -109,10 +103,6 @@ def main() -> None:
 
         clip = ProcessedClip.open(args.dataset)
         copy_items(clip.root, args.dest / "data" / "clip", DATASET_ITEMS, required=True)
-    if args.tcnn_source is not None:
-        if not (args.tcnn_source / "dependencies" / "fmt" / "src").is_dir():
-            raise SystemExit(f"pack: {args.tcnn_source} lacks dependencies/fmt; clone tiny-cuda-nn with --recursive.")
-        copy_items(args.tcnn_source, args.dest / "tcnn", TCNN_ITEMS, required=False)
     sizes = {p.name: folder_bytes(p) for p in args.dest.iterdir() if p.is_dir()}
     total = sum(sizes.values())
     for name, size in sizes.items():

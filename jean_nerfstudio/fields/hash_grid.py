@@ -1,10 +1,12 @@
-"""A multi-resolution hash grid with two interchangeable implementations that share one parameter layout.
+"""A multi-resolution hash grid with three interchangeable backends that share one parameter layout.
 
-`implementation="tcnn"` runs tiny-cuda-nn's fused CUDA kernel; `implementation="torch"` is a plain-PyTorch reference
-that reproduces tiny-cuda-nn's arithmetic exactly: the same per-level scale (`2^(l * log2 s) * base - 1`), the same
-half-cell offset, dense indexing on the coarse levels that fit, the same coherent prime hash on the fine ones, and the
-same flat parameter vector. So a checkpoint trained with tcnn on a GPU renders with the torch path on a CPU, and the
-test suite compares the two on the same weights wherever tcnn is importable.
+`implementation="torch"` is a plain-PyTorch reference that reproduces tiny-cuda-nn's arithmetic exactly: the same
+per-level scale (`2^(l * log2 s) * base - 1`), the same half-cell offset, dense indexing on the coarse levels that fit,
+the same coherent prime hash on the fine ones, and the same flat parameter vector. `"triton"` runs fused Triton kernels
+of the same arithmetic on CUDA (`fields/triton_grid.py`), `"tcnn"` tiny-cuda-nn's kernel, and `"auto"` picks among
+them (`fields/grid_backends.py`: tcnn only after its self-check passed). So a checkpoint trained with any backend on a
+GPU renders with the torch path on a CPU. The tests compare the Triton kernels with this reference on the CPU (Triton's
+interpreter) and on CUDA, and tcnn with it wherever tcnn is installed.
 
 (nerfstudio's own torch `HashEncoding` uses different level scales, no dense levels and another table layout, so
 its weights cannot be exchanged with tcnn's; that is why this module exists.)
@@ -13,20 +15,15 @@ its weights cannot be exchanged with tcnn's; that is why this module exists.)
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-try:  # tinycudann is optional: a `cuda` extra that users build from source on a CUDA machine.
-    import tinycudann as tcnn  # type: ignore
-
-    TCNN_AVAILABLE = True
-except Exception:  # ImportError, or a build for another CUDA/driver: fall back to the torch path.
-    tcnn = None
-    TCNN_AVAILABLE = False
+from jean_nerfstudio.fields.grid_backends import Implementation, resolve_implementation
 
 # tiny-cuda-nn's coherent prime hash factors (the first is 1 so neighbouring cells along x stay cache-coherent).
 _PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
@@ -34,17 +31,7 @@ _PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219
 _MAX_DENSE_BASE = {1: 0xFFFFFFFF, 2: 0xFFFF, 3: 0x659}
 _UINT32 = 0xFFFFFFFF
 
-Implementation = Literal["tcnn", "torch", "auto"]
-
-
-def resolve_implementation(requested: Implementation, device: Optional[torch.device | str] = None) -> str:
-    """'auto' -> 'tcnn' when tinycudann imports and CUDA is usable, else 'torch'."""
-    if requested == "auto":
-        cuda_ok = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-        return "tcnn" if (TCNN_AVAILABLE and cuda_ok) else "torch"
-    if requested == "tcnn" and not TCNN_AVAILABLE:
-        return "torch"
-    return requested
+__all__ = ["GridLevel", "HashGrid", "Implementation", "grid_levels", "resolve_implementation"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +79,9 @@ class HashGrid(nn.Module):
         log2_hashmap_size: log2 of the entries per level table.
         base_resolution: vertices per side of the coarsest level.
         max_resolution: vertices per side of the finest level (sets the per-level growth).
-        implementation: "tcnn", "torch" or "auto".
+        implementation: "auto", "tcnn", "triton" or "torch" (see `fields/grid_backends.py`).
         tcnn_dtype: output precision of the tcnn kernel (float16 is its fast path; float32 for exact comparisons).
+            The Triton and torch paths return the table's dtype.
 
     >>> grid = HashGrid(num_dims=3, num_levels=4, log2_hashmap_size=12, base_resolution=4, max_resolution=32,
     ...                 implementation="torch")
@@ -130,8 +118,10 @@ class HashGrid(nn.Module):
         self.implementation = resolve_implementation(implementation)
         self.tcnn_dtype = tcnn_dtype
         # Kept out of the module tree on purpose: the tcnn module borrows `self.params` at every call, so the state
-        # dict is identical for both implementations and checkpoints move freely between them.
+        # dict is identical for every implementation and checkpoints move freely between them.
         self._tcnn: List[nn.Module] = []
+        self._triton_levels: Dict[torch.device, object] = {}  # per-level kernel constants, per device
+        self._triton_verified = False
 
         # Dense levels (the coarse ones) and hashed levels index differently; each group runs only its own arithmetic.
         self.level_groups = nn.ModuleList(
@@ -163,8 +153,12 @@ class HashGrid(nn.Module):
 
     def _tcnn_module(self) -> nn.Module:
         if not self._tcnn:
-            assert tcnn is not None
-            module = tcnn.Encoding(n_input_dims=self.num_dims, encoding_config=self.tcnn_config(), dtype=self.tcnn_dtype)
+            # Imported only here: `auto` reaches this after the subprocess self-check passed (fields/tcnn_probe.py).
+            import tinycudann as tcnn  # type: ignore
+
+            module = tcnn.Encoding(
+                n_input_dims=self.num_dims, encoding_config=self.tcnn_config(), dtype=self.tcnn_dtype
+            )
             if module.params.numel() != self.params.numel():
                 raise RuntimeError(
                     f"tinycudann's HashGrid has {module.params.numel()} parameters, the torch layout "
@@ -178,10 +172,43 @@ class HashGrid(nn.Module):
     def forward(self, positions: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs out"]:
         """Encode positions in [0, 1]^D (values outside wrap or hash like tcnn; callers mask them)."""
         if self.implementation == "tcnn" and positions.is_cuda:
-            flat = positions.reshape(-1, self.num_dims)
-            out = self._tcnn_module()(flat)
-            return out.reshape(*positions.shape[:-1], self.out_dim)
+            return self.tcnn_forward(positions)
+        if self.implementation == "triton":
+            from jean_nerfstudio.fields import triton_grid
+
+            if triton_grid.runs_on(positions.device):
+                return self._checked_triton_forward(positions)
         return self.torch_forward(positions)
+
+    def tcnn_forward(self, positions: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs out"]:
+        """tiny-cuda-nn's kernel on this grid's parameters (CUDA only; output in `tcnn_dtype`)."""
+        flat = positions.reshape(-1, self.num_dims)
+        out = self._tcnn_module()(flat)
+        return out.reshape(*positions.shape[:-1], self.out_dim)
+
+    def triton_forward(self, positions: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs out"]:
+        """The fused Triton kernels on this grid's parameters (CUDA, or any device under TRITON_INTERPRET=1)."""
+        from jean_nerfstudio.fields.triton_grid import LevelTables, triton_encode
+
+        device = self.params.device
+        if device not in self._triton_levels:
+            self._triton_levels[device] = LevelTables(self, device)
+        return triton_encode(self, positions, self._triton_levels[device])  # type: ignore[arg-type]
+
+    def _checked_triton_forward(self, positions: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs out"]:
+        if self._triton_verified:
+            return self.triton_forward(positions)
+        # Triton compiles at the first call; a compiler or driver that cannot build the kernel raises there (a Python
+        # error, unlike a native crash): fall back to the torch grid for good, with one line, instead of stopping.
+        try:
+            out = self.triton_forward(positions)
+        except Exception as err:  # noqa: BLE001  (any compile/launch failure; the torch grid is always correct)
+            print(f"jean_nerfstudio: the Triton hash grid failed on its first call ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0][:200] if str(err) else ''}); using the torch hash grid.", file=sys.stderr)
+            self.implementation = "torch"
+            return self.torch_forward(positions)
+        self._triton_verified = True
+        return out
 
     def torch_forward(self, positions: Float[Tensor, "*bs D"]) -> Float[Tensor, "*bs out"]:
         """The plain-PyTorch reference (also the CPU path)."""

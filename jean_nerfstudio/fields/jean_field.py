@@ -59,7 +59,7 @@ class JeanHeadField(nn.Module):
         hidden_dim: width of the density and color MLPs.
         geo_feat_dim: features passed from the density to the color MLP.
         max_offset: bound of the deformation, in scene units.
-        implementation: hash grid backend ("auto" uses tinycudann when present).
+        implementation: hash grid backend ("auto": tcnn after its self-check, else Triton on CUDA, else torch).
     """
 
     def __init__(

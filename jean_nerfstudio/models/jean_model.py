@@ -40,6 +40,10 @@ from jean_nerfstudio.models import sources
 from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
 
 
+_OBJECTIVE_PREFIX = "expression_objective/"
+"""Output keys of the expression objective's terms (computed in the forward pass, turned into losses after it)."""
+
+
 @dataclass
 class JeanModelConfig(ModelConfig):
     """Configuration of the JEAN talking-head model."""
@@ -47,8 +51,10 @@ class JeanModelConfig(ModelConfig):
     _target: Type = field(default_factory=lambda: JeanModel)
     """Target class to instantiate."""
     # ----- head field -----
-    implementation: Literal["auto", "tcnn", "torch"] = "auto"
-    """Hash grid backend: tinycudann when importable and on CUDA ('auto'), else plain torch."""
+    implementation: Literal["auto", "tcnn", "triton", "torch"] = "auto"
+    """Hash grid backend of every grid (head, proposal, torso); all share one parameter layout, so checkpoints move
+    between them. 'auto' on CUDA: tinycudann if its one-time subprocess self-check passed, else Triton, else torch;
+    on a CPU: torch (see fields/grid_backends.py)."""
     num_levels: int = 16
     """Levels of the canonical head grid."""
     base_resolution: int = 16
@@ -382,7 +388,19 @@ class JeanModel(Model):
             outputs["ray_samples_list"] = ray_samples_list
             outputs["deformation_sq"] = (weights.detach() * field_out["offset"].pow(2).sum(-1, keepdim=True)).sum(-2)
             outputs["audio_attention_raw"] = (weights.detach() * field_out["audio_attention"]).sum(-2)
+            # The expression objective runs here, inside the model's forward, and get_loss_dict only reads it: under
+            # DistributedDataParallel, parameters used outside forward are marked ready twice (every rank failed on
+            # step 0 with the transformer encoder when the objective ran in get_loss_dict).
+            outputs.update(self._expression_objective_terms())
         return outputs
+
+    def _expression_objective_terms(self) -> Dict[str, Tensor]:
+        """The expression encoder's self-supervised objective terms on the steps it runs (every few steps), else {}."""
+        every = max(1, self.config.expression_objective_every)
+        if self.expression_objective is None or self.config.expression_objective_mult <= 0 or self.step % every:
+            return {}
+        terms = self.expression_objective(self.expression.encoder, self.expression_inputs)
+        return {f"{_OBJECTIVE_PREFIX}{name}": value for name, value in terms.items()}
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
@@ -438,10 +456,9 @@ class JeanModel(Model):
             assert metrics_dict is not None and "distortion" in metrics_dict
             losses["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
             losses["deformation_loss"] = self.config.deformation_loss_mult * outputs["deformation_sq"].mean()
-            every = max(1, self.config.expression_objective_every)
-            train_objective = self.expression_objective is not None and self.config.expression_objective_mult > 0
-            if train_objective and self.step % every == 0:
-                for name, value in self.expression_objective(self.expression.encoder, self.expression_inputs).items():
+            for output_key, value in outputs.items():  # computed in get_outputs (see there for why)
+                if output_key.startswith(_OBJECTIVE_PREFIX):
+                    name = output_key[len(_OBJECTIVE_PREFIX):]
                     key = name if name.startswith("expression") else f"expression_{name}"
                     losses[key] = self.config.expression_objective_mult * value
         return losses
