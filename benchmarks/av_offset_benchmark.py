@@ -20,6 +20,12 @@ import numpy as np
 import torch
 
 
+def speaker(name: str) -> str:
+    """Clips of one speaker share the part of the name before the last underscore-number (obama_1, obama_2)."""
+    head, _, tail = name.rpartition("_")
+    return head if tail.isdigit() and head else name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clips", type=Path, nargs="+")
@@ -65,12 +71,29 @@ def main() -> None:
         print(f"{clip.root.name}: own offset {base:+d}, max relative error {max(errors)}, "
               f"confidence {min(confidences):.1f}-{max(confidences):.1f}; "
               + " ".join(f"{r['k']:+d}->{r['relative']:+d}({r['confidence']:.1f})" for r in rows))
+    # Negative control: each clip's lips against another speaker's speech (tiled to length). Nothing is in sync, so
+    # the confidence these reach is what `auto` must stay above to never "correct" by a chance peak.
+    waves = {}
+    for clip_dir in args.clips:
+        waves[clip_dir.name] = clip_waveform(ProcessedClip.open(clip_dir))
+    unrelated = []
+    for clip_dir in args.clips:
+        clip = ProcessedClip.open(clip_dir)
+        for other, wave in waves.items():
+            if other == clip_dir.name or speaker(other) == speaker(clip_dir.name):
+                continue
+            estimate = estimate_av_offset(model, np.resize(wave, len(waves[clip_dir.name])), clip, clip.num_frames, clip.fps)
+            unrelated.append({"clip": clip_dir.name, "audio_of": other, "estimate": estimate.offset_frames,
+                              "confidence": round(estimate.confidence, 2)})
+    results["unrelated_audio"] = unrelated
     all_rows = [r for c in results["clips"].values() for r in c["shifts"]]
     results["summary"] = {
         "within_one_frame": float(np.mean([r["relative_error"] <= 1 for r in all_rows])),
         "exact": float(np.mean([r["relative_error"] == 0 for r in all_rows])),
         "confident": float(np.mean([r["confidence"] >= MIN_CONFIDENCE for r in all_rows])),
         "confident_and_within_one": float(np.mean([r["relative_error"] <= 1 for r in all_rows if r["confidence"] >= MIN_CONFIDENCE] or [float("nan")])),
+        "unrelated_confidence_max": max((u["confidence"] for u in unrelated), default=None),
+        "unrelated_confident": float(np.mean([u["confidence"] >= MIN_CONFIDENCE for u in unrelated])) if unrelated else None,
     }
     print(results["summary"])
     if args.output:

@@ -144,6 +144,15 @@ def auto_held_out(names: Sequence[str], speaker_map: Optional[Path], seed: int) 
     return sorted(name for name, speaker in speakers.items() if speaker in chosen)
 
 
+def display_command(args: Sequence[str]) -> str:
+    """The command line for the model card, absolute paths made relative to the working folder (no machine's paths)."""
+    import os
+    import shlex
+
+    shown = [os.path.relpath(a) if a.startswith("/") else a for a in args]
+    return " ".join(["jean-pretrain"] + [shlex.quote(a) for a in shown])
+
+
 def _scrub_paths(value: Any) -> Any:
     """Dataset paths in a checkpoint's metadata become clip names: the shipped files name no folder of this machine."""
     if isinstance(value, dict):
@@ -345,7 +354,7 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-        "command": "jean-pretrain " + " ".join(sys.argv[1:]) if sys.argv and "pretrain" in sys.argv[0] else "jean-pretrain",
+        "command": display_command(sys.argv[1:] if sys.argv and "pretrain" in sys.argv[0] else []),
         "train_clips": [d.name for d in train_sets],
         "train_speakers": len(set(speakers.values())),
         "train_seconds_of_video": seconds_of_video,

@@ -10,7 +10,7 @@ import pytest
 
 from jean_nerfstudio.audio import av_offset
 
-REAL_CLIP = "clips/obama_3.mp4"
+REAL_CLIP = "clips/obama_2.mp4"
 """A speaker the shipped encoders never saw (held out of pre-training), long enough for a clear measurement."""
 CLIP_SECONDS = 12.0
 FPS = 25.0
@@ -91,7 +91,7 @@ def shifted_datasets(shared_data, tmp_path_factory):
     for lag in (0, 4):
         video = _shifted_copy(shared_data / REAL_CLIP, root / f"lag_{lag}.mp4", lag)
         try:
-            process(ProcessConfig(video=video, output=root / f"lag_{lag}", image_size=128))
+            process(ProcessConfig(video=video, output=root / f"lag_{lag}", image_size=256))
         except ModelFileError as err:
             pytest.skip(str(err))
         out[lag] = root / f"lag_{lag}"
@@ -137,10 +137,10 @@ def test_explicit_offsets_rewrite_from_the_recording_never_twice(shifted_dataset
     video = dataset.parent / "lag_4.mp4"
     recorded = decode_audio(dataset / ".stages" / "work" / "audio_recorded.wav").waveform
     for value in ("4", "4", "0"):  # the same value twice: the second run must not shift again
-        process(ProcessConfig(video=video, output=dataset, image_size=128, av_offset=value))
+        process(ProcessConfig(video=video, output=dataset, image_size=256, av_offset=value))
         record = _offset_record(dataset)
         assert record["applied_frames"] == int(value) and record["measured"] is None
         audio = decode_audio(dataset / "audio.wav").waveform
         expected = av_offset.shift_audio(recorded, int(value), FPS)
         np.testing.assert_allclose(audio[: len(expected)], expected[: len(audio)], atol=2e-4)
-    process(ProcessConfig(video=video, output=dataset, image_size=128))  # back to auto for the other tests
+    process(ProcessConfig(video=video, output=dataset, image_size=256))  # back to auto for the other tests
