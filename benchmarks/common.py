@@ -93,8 +93,9 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_held_out(pipeline, max_frames: Optional[int] = None) -> Dict[str, float]:
-    """Mean PSNR over the held-out frames (full frame, head region, mouth region), reference renderer."""
+def evaluate_held_out(pipeline, max_frames: Optional[int] = None, meter=None) -> Dict[str, float]:
+    """Mean PSNR over the held-out frames (full frame, head region, mouth region), reference renderer; with a
+    `FaceMeter`, also the mouth landmark distance (LMD-mouth, pixels) between rendered and real frames."""
     from jean_nerfstudio import constants as C
     from jean_nerfstudio.data.dataset import read_labels
     from jean_nerfstudio.models.jean_model import psnr
@@ -106,6 +107,7 @@ def evaluate_held_out(pipeline, max_frames: Optional[int] = None) -> Dict[str, f
     chosen = np.linspace(0, len(dataset) - 1, count).round().astype(int)
     device = pipeline.model.device
     values: Dict[str, List[float]] = {"psnr": [], "psnr_head": [], "psnr_mouth": []}
+    pairs = []
     for i in chosen:
         camera = dataset.cameras[int(i) : int(i) + 1].to(device)
         rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).float()
@@ -118,4 +120,14 @@ def evaluate_held_out(pipeline, max_frames: Optional[int] = None) -> Dict[str, f
             values["psnr_head"].append(float(psnr(rgb[head], image[head])))
         if mouth.any():
             values["psnr_mouth"].append(float(psnr(rgb[mouth], image[mouth])))
-    return {k: round(float(np.mean(v)), 3) for k, v in values.items() if v}
+        if meter is not None:
+            to_u8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+            pairs.append((meter.measure(to_u8(rgb)), meter.measure(to_u8(image))))
+    out = {k: round(float(np.mean(v)), 3) for k, v in values.items() if v}
+    if meter is not None:
+        from jean_nerfstudio.metrics import face
+
+        lmd = face.lmd(pairs, face.MOUTH_POINTS)
+        out["lmd_mouth_px"] = None if lmd.value is None else round(float(lmd.value), 3)
+    out["frames"] = int(len(chosen))
+    return out

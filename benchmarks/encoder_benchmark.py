@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import train  # noqa: E402
+from common import evaluate_held_out, train  # noqa: E402
 from model_benchmark import nerfacto_pipeline_config, offline_lpips_placeholder  # noqa: E402
 
 
@@ -60,41 +60,6 @@ def resized(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size:
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-@torch.no_grad()
-def held_out_quality(pipeline, meter, max_frames: int) -> Dict[str, float]:
-    """PSNR over the frame, the head and the mouth, and LMD-mouth, on held-out frames (reference renderer)."""
-    from jean_nerfstudio import constants as C
-    from jean_nerfstudio.data.dataset import read_labels
-    from jean_nerfstudio.metrics import face
-    from jean_nerfstudio.models.jean_model import psnr
-
-    pipeline.eval()
-    dataset = pipeline.datamanager.eval_dataset
-    segmentation = dataset.metadata["segmentation_filenames"]
-    chosen = np.linspace(0, len(dataset) - 1, min(len(dataset), max_frames)).round().astype(int)
-    device = pipeline.model.device
-    values: Dict[str, List[float]] = {"psnr": [], "psnr_head": [], "psnr_mouth": []}
-    pairs = []
-    for i in chosen:
-        camera = dataset.cameras[int(i) : int(i) + 1].to(device)
-        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).float()
-        image = dataset.get_image_float32(int(i))[..., :3].to(device)
-        labels = read_labels(segmentation[int(i)])[..., 0].to(device)
-        head = (labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)
-        mouth = labels == C.LABEL_MOUTH
-        values["psnr"].append(float(psnr(rgb, image)))
-        values["psnr_head"].append(float(psnr(rgb[head], image[head])))
-        if mouth.any():
-            values["psnr_mouth"].append(float(psnr(rgb[mouth], image[mouth])))
-        to_u8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
-        pairs.append((meter.measure(to_u8(rgb)), meter.measure(to_u8(image))))
-    out = {k: round(float(np.mean(v)), 3) for k, v in values.items() if v}
-    lmd = face.lmd(pairs, face.MOUTH_POINTS)
-    out["lmd_mouth_px"] = None if lmd.value is None else round(float(lmd.value), 3)
-    out["frames"] = int(len(chosen))
-    return out
 
 
 def opening_series(frames: List[np.ndarray], meter) -> np.ndarray:
@@ -208,7 +173,7 @@ def main() -> None:
                 arm_entry: Dict[str, Any] = {
                     "train_seconds": round(run.train_seconds, 1),
                     "seconds_per_iteration": round(run.seconds_per_iteration, 3),
-                    "held_out": held_out_quality(run.pipeline, meter, args.eval_frames),
+                    "held_out": evaluate_held_out(run.pipeline, args.eval_frames, meter),
                 }
                 print(f"  held out: {arm_entry['held_out']}")
                 if arm != "nerfacto":

@@ -67,6 +67,8 @@ class PretrainCommand:
     """CPU threads for training (the encoders are small; more threads mostly contend)."""
     seed: int = 0
     """Seed of both trainings and of the speaker order in the curve."""
+    mlp_probes: bool = True
+    """Also run the expression encoder's non-linear (MLP) probes (slower than the ridge ones)."""
 
 
 class PretrainInputError(ValueError):
@@ -338,6 +340,7 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
         audio_encoder_checkpoint=scratch / AUDIO_ENCODER_FILE,
         seed=cmd.seed,
         num_threads=cmd.threads,
+        mlp_probes=cmd.mlp_probes,
     )
     expression_metrics = train_expression(expression_cmd, console)
 

@@ -62,7 +62,7 @@ def test_tiny_corpus_end_to_end(tmp_path):
     (corpus / "broken.mp4").write_bytes(b"not a video")
     command = pretrain.PretrainCommand(
         sources=[corpus], work_dir=tmp_path / "work", output_dir=tmp_path / "weights", held_out=["talker_2"],
-        audio_steps=3, expression_steps=3, image_size=128, exclude=[],
+        audio_steps=3, expression_steps=3, image_size=128, exclude=[], mlp_probes=False,
     )
     try:
         report = pretrain.run(command, console=_console())
