@@ -107,10 +107,12 @@ def test_rays_missing_the_occupied_region_render_nothing(dense_model):
     assert out["accumulation"].item() == 0.0 and out["rgb"].abs().sum().item() == 0.0
 
 
+@pytest.mark.parametrize("coarse_factor", [1, 4])
 @torch.no_grad()
-def test_occupancy_is_conservative(dense_model):
+def test_occupancy_is_conservative(dense_model, coarse_factor):
+    """Probing every cell (1) or coarse to fine (4, what renders use): every dense point lies in an occupied cell."""
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, dilation=0))
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, dilation=0, coarse_factor=coarse_factor))
     frames = torch.arange(model.num_frames)
     audio, expression = model.audio_codes_for_frames(frames), model.expression_codes_for_frames(frames)
     renderer.build_occupancy(audio[:3], expression[:3], probes_per_cell=4)
@@ -120,6 +122,18 @@ def test_occupancy_is_conservative(dense_model):
     dense_points = points[density > 10 * renderer.config.density_threshold]
     assert dense_points.shape[0] > 0
     assert renderer._occupied(dense_points).float().mean() > 0.99
+
+
+@torch.no_grad()
+def test_render_occupancy_probes_a_bounded_number_of_code_pairs(dense_model, monkeypatch):
+    model = dense_model.model
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_probe_codes=3))
+    probed = []
+    original = renderer.build_occupancy
+    monkeypatch.setattr(renderer, "build_occupancy", lambda a, e, **kw: probed.append(len(a)) or original(a, e, **kw))
+    frames = torch.arange(model.num_frames)
+    renderer.build_occupancy_for_render(model.audio_codes_for_frames(frames), model.expression_codes_for_frames(frames))
+    assert probed == [3] and renderer.occupancy.any()
 
 
 @pytest.mark.gpu

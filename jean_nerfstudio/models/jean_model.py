@@ -383,7 +383,8 @@ class JeanModel(Model):
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
-        """Render a camera; viewer controls (when moved from their defaults) become per-camera codes here."""
+        """Render a camera. Its frame's codes are computed once here (or taken from the viewer controls when moved from
+        their defaults) and carried in its metadata, instead of being re-encoded for every chunk of rays."""
         camera = self.viewer_controls.apply(camera)
         return super().get_outputs_for_camera(camera, obb_box=obb_box)
 

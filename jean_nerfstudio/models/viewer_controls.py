@@ -1,8 +1,9 @@
 """Viewer controls of the JEAN model: drive the mouth from another frame's audio, mute it, swap or edit expressions.
 
 The nerfstudio viewer shows every `ViewerElement` found on the model. The frame itself is the viewer's time slider
-(the dataparser sets `times`). Controls are read once per rendered camera and turned into per-camera codes, which the
-model copies onto each ray; at their defaults they change nothing, so evaluation renders are unaffected.
+(the dataparser sets `times`): scrubbing it shows each frame with its own audio and expression. Controls are read once
+per rendered camera and turned into per-camera codes, which the model copies onto each ray; at their defaults the codes
+are the frame's own, so evaluation renders are unaffected.
 """
 
 from __future__ import annotations
@@ -83,27 +84,47 @@ class JeanViewerControls(nn.Module):
 
     @torch.no_grad()
     def apply(self, camera: Cameras, values: Optional[Dict[str, object]] = None) -> Cameras:
-        """`camera` with per-camera audio/expression codes reflecting the controls (unchanged at defaults)."""
+        """`camera` with its frame's audio and expression codes in its metadata, reflecting the controls.
+
+        The codes are constant over a frame, so they are computed here once per rendered camera: left to the model,
+        every chunk of rays would re-encode them (for the transformer expression encoder, a pass over its window per
+        chunk). Codes a renderer already put on the camera are kept while the controls are at their defaults.
+        """
         values = self.read() if values is None else values
-        if self.is_default(values):
-            return camera
         model = self._model[0]
+        metadata = camera.metadata or {}
+        default = self.is_default(values)
+        if default and C.META_AUDIO_CODE in metadata and C.META_EXPRESSION_CODE in metadata:
+            return camera
         device = model.device
-        if camera.times is not None:
-            frame = int(torch.round(camera.times.reshape(-1)[0] * (model.num_frames - 1)).clamp(0, model.num_frames - 1))
-        else:
-            frame = 0
+        frame = self.camera_frame(camera)
         n = camera.shape[0] if len(camera.shape) else 1
-        audio = self.audio_code(model, values, frame, device)
-        expression = self.expression_code(model, values, frame, device)
-        return with_metadata(
-            camera,
-            {
-                C.META_FRAME_INDEX: torch.full((n, 1), float(frame), device=camera.camera_to_worlds.device),
-                C.META_AUDIO_CODE: audio.expand(n, -1).to(camera.camera_to_worlds.device),
-                C.META_EXPRESSION_CODE: expression.expand(n, -1).to(camera.camera_to_worlds.device),
-            },
-        )
+        to_camera = camera.camera_to_worlds.device
+        if default and C.META_AUDIO_CODE in metadata:
+            audio = metadata[C.META_AUDIO_CODE]
+        else:
+            audio = self.audio_code(model, values, frame, device).expand(n, -1).to(to_camera)
+        if default and C.META_EXPRESSION_CODE in metadata:
+            expression = metadata[C.META_EXPRESSION_CODE]
+        else:
+            expression = self.expression_code(model, values, frame, device).expand(n, -1).to(to_camera)
+        extra = {C.META_AUDIO_CODE: audio, C.META_EXPRESSION_CODE: expression}
+        if C.META_FRAME_INDEX not in metadata:
+            extra[C.META_FRAME_INDEX] = torch.full((n, 1), float(frame), device=to_camera)
+        return with_metadata(camera, extra)
+
+    def camera_frame(self, camera: Cameras) -> int:
+        """The training-clip frame a camera shows: its frame metadata (renderers), else its time (the viewer's time
+        slider), else frame 0; the same rule as `JeanModel.ray_frame_indices`."""
+        model = self._model[0]
+        metadata = camera.metadata or {}
+        if C.META_FRAME_INDEX in metadata:
+            value = metadata[C.META_FRAME_INDEX].reshape(-1)[0]
+        elif camera.times is not None:
+            value = camera.times.reshape(-1)[0] * (model.num_frames - 1)
+        else:
+            return 0
+        return int(torch.round(value).clamp(0, model.num_frames - 1))
 
     @staticmethod
     def audio_code(model, values: Dict[str, object], frame: int, device) -> Tensor:

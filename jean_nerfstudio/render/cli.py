@@ -157,18 +157,12 @@ class JeanRender:
             config.grid_resolution = int(self.occupancy_resolution)
         renderer = FastRenderer(model, config)
         started = time.perf_counter()
-        # The training clip's codes bound the head's shape; a spread of the new track's codes is added so the grid
-        # also covers mouth shapes the clip never showed.
-        renderer.build_occupancy_from_training_clip()
-        own = renderer.occupancy.clone()
-        picks = torch.linspace(0, audio_codes.shape[0] - 1, min(16, audio_codes.shape[0])).round().long()
-        renderer.build_occupancy(audio_codes[picks].to(model.device), expression_codes[picks].to(model.device))
-        renderer.occupancy |= own
-        lo, hi = renderer.aabb[0], renderer.aabb[1]
-        cell = (hi - lo) / config.grid_resolution
-        cells = renderer.occupancy.nonzero()
-        renderer.occupied_aabb = torch.stack([lo + cells.amin(0) * cell, lo + (cells.amax(0) + 1) * cell]) if len(cells) else renderer.aabb.clone()
-        CONSOLE.print(f"occupancy grid ({config.grid_resolution}^3) built in {time.perf_counter() - started:.1f} s")
+        # The training clip's codes bound the head's shape; the new track's codes are added so the grid also covers
+        # mouth shapes the clip never showed. A few pairs spanning them all are probed (bounded build time).
+        with CONSOLE.status(f"building the occupancy grid ({config.grid_resolution}^3)"):
+            renderer.build_occupancy_for_render(audio_codes.to(model.device), expression_codes.to(model.device))
+        CONSOLE.print(f"occupancy grid ({config.grid_resolution}^3, {config.max_probe_codes} code pairs) built in "
+                      f"{time.perf_counter() - started:.1f} s")
         return renderer
 
     def output_size(self, model) -> Tuple[int, int]:
