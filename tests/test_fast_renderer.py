@@ -136,6 +136,15 @@ def test_render_occupancy_probes_a_bounded_number_of_code_pairs(dense_model, mon
     assert probed == [3] and renderer.occupancy.any()
 
 
+@torch.no_grad()
+def test_build_out_of_time_is_conservative(dense_model):
+    """A build that runs out of its time budget marks what it did not probe as occupied: nothing is lost."""
+    model = dense_model.model
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_build_seconds=0.0))
+    renderer.build_occupancy_from_training_clip(max_codes=2)
+    assert renderer.build_truncated and bool(renderer.occupancy.all())
+
+
 @pytest.mark.gpu
 @torch.no_grad()
 def test_full_frame_matches_reference_renderer_on_cuda(dense_model):

@@ -12,6 +12,7 @@ Pure PyTorch (tinycudann grids when present), so it runs on the CPU too; tests c
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -52,6 +53,9 @@ class FastRendererConfig:
     max_probe_codes: int = 12
     """Code pairs probed by `build_occupancy_for_render` (farthest-point sampled over the candidates): the build
     costs cells x pairs field evaluations."""
+    max_build_seconds: Optional[float] = None
+    """A time budget for one occupancy build: cells not yet probed when it runs out count as occupied (conservative:
+    marching then just evaluates more samples). None: no budget."""
 
 
 class FastRenderer:
@@ -65,6 +69,9 @@ class FastRenderer:
         diag = float(torch.linalg.norm(self.aabb[1] - self.aabb[0]))
         self.step = diag / self.config.steps_per_box_diagonal
         self.occupancy: Optional[Bool[Tensor, "G G G"]] = None
+        self._deadline: Optional[float] = None
+        self.build_truncated = False
+        """Whether the last build ran out of `max_build_seconds` (unprobed cells were then marked occupied)."""
         self.occupied_aabb: Optional[Float[Tensor, "2 3"]] = None
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -80,9 +87,11 @@ class FastRenderer:
         Returns the occupied fraction of the box.
         """
         g = self.config.grid_resolution
-        lo, hi = self.aabb[0], self.aabb[1]
         audio_codes, expression_codes = audio_codes.to(self.device), expression_codes.to(self.device)
         generator = torch.Generator(device="cpu").manual_seed(0)
+        budget = self.config.max_build_seconds
+        self._deadline = None if budget is None else time.perf_counter() + budget
+        self.build_truncated = False
         factor = max(1, int(self.config.coarse_factor))
         if factor > 1 and g % factor == 0 and g // factor >= 2:
             gc = g // factor
@@ -127,6 +136,10 @@ class FastRenderer:
             points = lo + (cells.float() + jitter) * size
             for a, e in zip(audio_codes, expression_codes):
                 for chunk in torch.arange(points.shape[0], device=self.device).split(step):
+                    if self._deadline is not None and time.perf_counter() > self._deadline:
+                        # Out of time: every cell not yet shown occupied stays possibly occupied (conservative).
+                        self.build_truncated = True
+                        return torch.ones_like(hit)
                     todo = chunk[~hit[chunk]]  # a cell found occupied needs no further probe
                     if todo.numel() == 0:
                         continue

@@ -8,11 +8,12 @@ are the frame's own, so evaluation renders are unaffected.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.viewer.viewer_elements import ViewerDropdown, ViewerSlider
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerSlider
 from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
@@ -59,6 +60,8 @@ class JeanViewerControls(nn.Module):
             hint="This frame's expression, another frame's, or the clip's neutral (median) expression.",
         )
         self.expression_frame = ViewerSlider("Expression from frame", 0, 0, last, step=1, hint="Frame whose expression is shown.")
+        self.camera_view = TrainingCameraView(model)
+        self.training_camera = ViewerButton("Training camera view", cb_hook=lambda _: self.camera_view.move_all())
         self.edit_names = list(model.expression_control_names)
         for name in self.edit_names:
             setattr(self, f"edit_{name}", ViewerSlider(name.replace("_", " ").capitalize(), 0.0, -1.0, 1.0, step=0.05,
@@ -150,3 +153,49 @@ class JeanViewerControls(nn.Module):
         if edits and model.expression_editor is not None:
             inputs = model.expression_editor(inputs, edits)
         return model.expression.codes(inputs, torch.tensor([target], device=device))
+
+
+class TrainingCameraView(ViewerControl):
+    """Puts viewer cameras at the training camera of the frame on the time slider (and every new browser there).
+
+    The torso and the background are image-space layers looked up where a ray lands in its frame's training camera,
+    so the composited picture is right from that camera and only approximate far from it. Starting there (rather
+    than at viser's default pose, looking at the box from outside) shows the talking head as it was filmed; orbiting
+    from there is the user's choice. The look-at point is the head box's centre, so orbit controls turn about it.
+    """
+
+    def __init__(self, model) -> None:
+        self._model = [model]  # not a registered child (see JeanViewerControls)
+
+    def _setup(self, viewer) -> None:
+        super()._setup(viewer)
+        self.viser_server.on_client_connect(self.move)
+
+    def frame(self) -> int:
+        """The frame on the viewer's time slider."""
+        model = self._model[0]
+        time = float(getattr(self.viewer.control_panel, "time", 0.0)) if hasattr(self, "viewer") else 0.0
+        return int(round(min(max(time, 0.0), 1.0) * (model.num_frames - 1)))
+
+    def move_all(self) -> None:
+        if hasattr(self, "viser_server"):
+            for client in self.viser_server.get_clients().values():
+                self.move(client)
+
+    @torch.no_grad()
+    def move(self, client) -> None:
+        """Set one client's camera (pose and vertical field of view) to the training camera of the current frame."""
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as scale
+
+        model = self._model[0]
+        c2w = model.clip_camera_to_worlds[self.frame()].double().cpu()  # OpenGL axes: x right, y up, z backwards
+        position = c2w[:, 3] * scale
+        forward, up = -c2w[:, 2], c2w[:, 1]
+        centre = model.field.aabb.double().cpu().mean(0) * scale
+        distance = max(float((centre - position) @ forward), 1e-3)
+        fy = float(model.intrinsics[1])
+        with client.atomic():
+            client.camera.fov = 2.0 * math.atan(model.image_height / 2.0 / fy)
+            client.camera.up_direction = up.numpy()
+            client.camera.position = position.numpy()
+            client.camera.look_at = (position + forward * distance).numpy()
