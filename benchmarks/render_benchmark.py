@@ -189,6 +189,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "weights_step": step,
         "train_rays_per_batch": trainer.rays_per_batch,
         "eval_num_rays_per_chunk": int(pipeline.model.config.eval_num_rays_per_chunk),
+        "cpu_eval_num_rays_per_chunk": int(pipeline.model.config.cpu_eval_num_rays_per_chunk),
         "render_size": args.size,
         "training_rays_per_s": [round(x) for x in train_rates],
         "rendering_rays_per_s": [round(x) for x in render_rates],

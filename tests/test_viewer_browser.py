@@ -30,7 +30,9 @@ import numpy as np
 import pytest
 
 INSTALL = "apt-get install -y chromium chromium-driver"
-TRAIN_ITERATIONS = 10
+TRAIN_ITERATIONS = 120
+"""Enough for the audio pathway to move the mouth visibly (muting changes the mouth by ~0.017 mean absolute at 120
+iterations, by ~0.0002 at 30, when the 2D torso layer has learned the picture but the head barely hears audio)."""
 MAX_RES = 128
 FIRST_RENDER_AFTER_CHANGE_S = 10.0
 """A generous bound for CI under load; on a quiet 2-core machine the preview comes in about a second."""
@@ -77,6 +79,7 @@ class ViewerPage:
 
         self.driver = driver
         self.By = By
+        self.canvas_shape: Tuple[int, int] = (0, 0)
 
     def text(self) -> str:
         return self.driver.find_element(self.By.TAG_NAME, "body").text
@@ -93,11 +96,19 @@ class ViewerPage:
         return max(canvases, key=lambda c: c.size["width"] * c.size["height"])
 
     def image(self) -> np.ndarray:
-        """The 3D canvas (the rendered image is its background) as float RGB in [0, 1]."""
+        """The 3D view (the rendered image is its background) as float RGB in [0, 1]: the canvas left of the control
+        panel (the canvas spans the window; the view, and the rendered picture, end where the panel begins)."""
         from PIL import Image
 
-        png = self.canvas().screenshot_as_png
-        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
+        canvas = self.canvas()
+        png = canvas.screenshot_as_png
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
+        # The panel's buttons sit 10 px inside its left edge.
+        panel = self.driver.find_element(self.By.XPATH, "//button[contains(normalize-space(), 'Train Cams')]")
+        visible = int((panel.location["x"] - 10 - canvas.location["x"]) * image.shape[1] / canvas.size["width"])
+        image = image[:, : max(visible, 1)]
+        self.canvas_shape = image.shape[:2]
+        return image
 
     def _row_input(self, label: str, css_class: str):
         By = self.By
@@ -285,7 +296,7 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
         page.click_button("Training camera view")
         baseline, _ = page.settled(None)
         assert baseline.std() > 0.02, "the rendered image is blank"
-        boxes = region_boxes(tiny_dataset, baseline.shape[:2])
+        boxes = region_boxes(tiny_dataset, page.canvas_shape)
 
         # Audio: muted, then another frame's audio.
         page.choose("Audio", "muted")
@@ -308,6 +319,7 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
 
         report = {
             "mouth change, muted": change_in(baseline, muted, boxes["mouth"]),
+            "upper-face change, muted": change_in(baseline, muted, boxes["upper_face"]),
             "mouth change, other frame's audio": change_in(baseline, other_audio, boxes["mouth"]),
             "upper-face change, brow raise": change_in(own_again, brows, boxes["upper_face"]),
             "change outside the mouth, brow raise": change_outside(own_again, brows, boxes["mouth"]),
@@ -323,11 +335,12 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
             driver.save_screenshot(screenshot)
 
         # Changing the audio changes the mouth; the frame's own audio brings the picture back.
-        assert report["mouth change, muted"] > 0.004
-        assert report["mouth change, other frame's audio"] > 0.004
+        assert report["mouth change, muted"] > 0.005
+        assert report["mouth change, muted"] > report["upper-face change, muted"]
+        assert report["mouth change, other frame's audio"] > 0.002
         assert report["own audio again vs baseline"] < 0.02
         # The expression edit changes the face outside the mouth.
-        assert report["upper-face change, brow raise"] > 0.004
+        assert report["upper-face change, brow raise"] > 0.003
         assert report["change outside the mouth, brow raise"] > 0.001
         assert report["change, last frame"] > 0.002
         # Responsive: every change showed a new picture within seconds on the CPU.
