@@ -119,15 +119,18 @@ def seconds_per_frame(model, cameras) -> List[float]:
 
 
 @torch.no_grad()
-def fast_renderer_numbers(model, sizes: List[int], frames: int) -> Dict[str, Dict[str, float]]:
-    """Occupancy build time (as jean-render builds it: the clip's codes and a new track's) and frame time per size."""
+def fast_renderer_numbers(
+    model, sizes: List[int], frames: int, grid: int, budget: Optional[float]
+) -> Dict[str, Dict[str, float]]:
+    """Occupancy build time (as jean-render builds it: the clip's codes and a new track's, `grid`^3 cells, `budget`
+    seconds at most) and frame time per size."""
     from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
 
     cameras = render_cameras(model, frames, max(sizes))
     meta = cameras.metadata
     from jean_nerfstudio import constants as C
 
-    renderer = FastRenderer(model, FastRendererConfig())
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=grid, max_build_seconds=budget))
     start = time.perf_counter()
     renderer.build_occupancy_for_render(meta[C.META_AUDIO_CODE], meta[C.META_EXPRESSION_CODE])
     build = time.perf_counter() - start
@@ -135,6 +138,8 @@ def fast_renderer_numbers(model, sizes: List[int], frames: int) -> Dict[str, Dic
         "build": {
             "seconds": round(build, 2),
             "grid_resolution": renderer.config.grid_resolution,
+            "budget_seconds": budget,
+            "budget_reached": bool(renderer.build_truncated),
             "occupied_fraction": round(float(renderer.occupancy.float().mean()), 4),
         }
     }
@@ -158,6 +163,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--frames", type=int, default=3, help="rendered frames per round")
     parser.add_argument("--size", type=int, default=128, help="reference render size (pixels per side)")
     parser.add_argument("--fast-sizes", type=int, nargs="*", default=[128, 256], help="fast renderer sizes ([] skips it)")
+    parser.add_argument("--fast-frames", type=int, default=1, help="frames per size for the fast renderer")
+    parser.add_argument("--occupancy-resolution", type=int, default=64, help="fast renderer grid (jean-render's CPU default)")
+    parser.add_argument("--occupancy-seconds", type=float, default=60.0, help="its build budget (jean-render's CPU default)")
     parser.add_argument("--output", type=Path, default=None, help="write the numbers as json")
     args = parser.parse_args(argv)
 
@@ -198,7 +206,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     }
     CONSOLE.print(f"[bold]rendering / training rays/s: {result['ratio_median']}x[/bold] (median of {args.rounds} rounds)")
     if args.fast_sizes:
-        result["fast_renderer"] = fast_renderer_numbers(pipeline.model, args.fast_sizes, args.frames)
+        result["fast_renderer"] = fast_renderer_numbers(pipeline.model, args.fast_sizes, args.fast_frames,
+                                                        args.occupancy_resolution, args.occupancy_seconds)
         CONSOLE.print(f"fast renderer: {result['fast_renderer']}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
