@@ -331,7 +331,11 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
         }
         print("viewer in the browser:", {k: round(v, 4) for k, v in report.items()})
         screenshot = os.environ.get("JEAN_VIEWER_SCREENSHOT")
-        if screenshot:
+        if screenshot:  # docs/viewer_panel.png comes from here; the pointer leaves the panel so no tooltip covers it
+            from selenium.webdriver.common.action_chains import ActionChains
+
+            ActionChains(driver).move_to_element_with_offset(page.canvas(), 0, 0).perform()
+            time.sleep(1.0)
             driver.save_screenshot(screenshot)
 
         # Changing the audio changes the mouth; the frame's own audio brings the picture back.
