@@ -165,16 +165,18 @@ class ViewerPage:
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def settled(self, previous: Optional[np.ndarray], timeout: float = 180.0) -> Tuple[np.ndarray, float]:
-        """Wait for a new picture at full (MAX_RES) resolution that stays put; returns it and the seconds until the
-        first changed picture (the preview) appeared."""
+    def settled(self, previous, timeout: float = 180.0) -> Tuple[np.ndarray, float]:
+        """Wait for a new picture at full (MAX_RES) resolution that stays put and differs from every picture in
+        `previous` (one, a list, or None); returns it and the seconds until the first changed picture (the preview)
+        appeared."""
+        olds = [] if previous is None else list(previous) if isinstance(previous, (list, tuple)) else [previous]
         start = time.time()
         first_change = None
         deadline = start + timeout
         last = None
         while time.time() < deadline:
             current = self.image()
-            changed = previous is None or current.shape != previous.shape or np.abs(current - previous).max() > 0.02
+            changed = all(current.shape != old.shape or np.abs(current - old).max() > 0.02 for old in olds)
             if changed and first_change is None:
                 first_change = time.time() - start
             res = self.resolution()
@@ -303,28 +305,25 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
         muted, latency_mute = page.settled(baseline)
         page.choose("Audio", "another frame")
         page.set_number("Audio from frame", 50)
-        other_audio, latency_audio = page.settled(muted)
+        other_audio, latency_audio = page.settled([muted, baseline])
+        # A named expression edit, with the frame's own audio again (so the picture differs from the first one by the
+        # edit alone).
         page.choose("Audio", "this frame")
-        own_again, _ = page.settled(other_audio)
-
-        # A named expression edit.
         page.set_number("Brow raise", 1)
-        brows, latency_edit = page.settled(own_again)
-        page.set_number("Brow raise", 0)
-        neutral_again, _ = page.settled(brows)
+        brows, latency_edit = page.settled([other_audio, baseline])
 
         # The time slider: the last frame, with its own audio and expression.
+        page.set_number("Brow raise", 0)
         page.set_number("Time", 1)
-        last_frame, latency_time = page.settled(neutral_again)
+        last_frame, latency_time = page.settled([brows, baseline])
 
         report = {
             "mouth change, muted": change_in(baseline, muted, boxes["mouth"]),
             "upper-face change, muted": change_in(baseline, muted, boxes["upper_face"]),
             "mouth change, other frame's audio": change_in(baseline, other_audio, boxes["mouth"]),
-            "upper-face change, brow raise": change_in(own_again, brows, boxes["upper_face"]),
-            "change outside the mouth, brow raise": change_outside(own_again, brows, boxes["mouth"]),
-            "change, last frame": float(np.abs(neutral_again - last_frame).mean()),
-            "own audio again vs baseline": float(np.abs(own_again - baseline).max()),
+            "upper-face change, brow raise": change_in(baseline, brows, boxes["upper_face"]),
+            "change outside the mouth, brow raise": change_outside(baseline, brows, boxes["mouth"]),
+            "change, last frame": float(np.abs(baseline - last_frame).mean()),
             "first picture after a change, s": max(latency_mute, latency_audio, latency_edit, latency_time),
             "training s": trained - started,
             "total s": time.time() - started,
@@ -338,11 +337,10 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, 
             time.sleep(1.0)
             driver.save_screenshot(screenshot)
 
-        # Changing the audio changes the mouth; the frame's own audio brings the picture back.
+        # Changing the audio changes the mouth, more than the upper face.
         assert report["mouth change, muted"] > 0.005
         assert report["mouth change, muted"] > report["upper-face change, muted"]
         assert report["mouth change, other frame's audio"] > 0.002
-        assert report["own audio again vs baseline"] < 0.02
         # The expression edit changes the face outside the mouth.
         assert report["upper-face change, brow raise"] > 0.003
         assert report["change outside the mouth, brow raise"] > 0.001
