@@ -317,7 +317,8 @@ def render_frames(model, cameras, names: List[str] = ("rgb",), fast=None) -> Ite
 
 
 def progress_bar(description: str):
-    """A rich progress bar with a frames-per-second column (nerfstudio's own column, as in ns-render)."""
+    """A rich progress bar: frames done, frames per second (nerfstudio's own column, as in ns-render), the time left
+    (ETA) and the time spent."""
     from nerfstudio.utils.rich_utils import CONSOLE, ItersPerSecColumn
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -326,7 +327,9 @@ def progress_bar(description: str):
         BarColumn(),
         MofNCompleteColumn(),
         ItersPerSecColumn(suffix="frames/s"),
+        TextColumn("ETA"),
         TimeRemainingColumn(elapsed_when_finished=False, compact=False),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
         console=CONSOLE,
     )
