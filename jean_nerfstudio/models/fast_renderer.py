@@ -82,7 +82,7 @@ class FastRenderer:
         Coarse to fine, so that the cost follows the head rather than the box: cells of a grid `coarse_factor` times
         coarser are probed first (with `coarse_probes` jittered points each), their occupied set is dilated by one
         coarse cell, and only the fine cells inside it are probed (`probes_per_cell` points each). Empty space far
-        from the head, most of the box, is never evaluated at the fine resolution.
+        from the head is never evaluated at the fine resolution (a time budget, `max_build_seconds`, bounds the rest).
 
         Returns the occupied fraction of the box.
         """
