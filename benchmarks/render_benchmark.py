@@ -23,7 +23,6 @@ import copy
 import json
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +30,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def jean_small_config(data: Path):

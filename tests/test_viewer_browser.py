@@ -249,7 +249,7 @@ def chromium():
 
 
 @pytest.mark.slow
-def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory, request):
+def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
