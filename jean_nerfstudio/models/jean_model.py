@@ -85,11 +85,10 @@ class JeanModelConfig(ModelConfig):
     """Slope of the annealing."""
     proposal_weights_anneal_max_num_iters: int = 1000
     """Steps over which the annealing runs."""
-    cpu_eval_num_rays_per_chunk: int = 256
+    cpu_eval_num_rays_per_chunk: int = 1024
     """On the CPU, render at most this many rays per chunk (0: `eval_num_rays_per_chunk` as is). Per ray, the hash
     grids' temporaries (8 corner indices and weights per level and sample) of a GPU-sized chunk outgrow the caches
-    and the allocator's reuse: on a 2-core CPU 8192-ray chunks rendered 1.5-2.5x slower per ray than 256-ray ones
-    (256 > 512 > 1024 > 8192 in alternating rounds)."""
+    and the allocator's reuse: 8192-ray chunks rendered 1.5-2x slower per ray than 1024-ray ones on a 2-core CPU."""
 
     # ----- conditioning -----
     audio_code_dim: int = 32
