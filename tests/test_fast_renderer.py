@@ -109,10 +109,12 @@ def test_rays_missing_the_occupied_region_render_nothing(dense_model):
     assert out["accumulation"].item() == 0.0 and out["rgb"].abs().sum().item() == 0.0
 
 
+@pytest.mark.parametrize("coarse_factor", [1, 4])
 @torch.no_grad()
-def test_occupancy_is_conservative(dense_model):
+def test_occupancy_is_conservative(dense_model, coarse_factor):
+    """Probing every cell (1) or coarse to fine (4, what renders use): every dense point lies in an occupied cell."""
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, dilation=0))
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, dilation=0, coarse_factor=coarse_factor))
     frames = torch.arange(model.num_frames)
     audio, expression = model.audio_codes_for_frames(frames), model.expression_codes_for_frames(frames)
     renderer.build_occupancy(audio[:3], expression[:3], probes_per_cell=4)
@@ -122,6 +124,27 @@ def test_occupancy_is_conservative(dense_model):
     dense_points = points[density > 10 * renderer.config.density_threshold]
     assert dense_points.shape[0] > 0
     assert renderer._occupied(dense_points).float().mean() > 0.99
+
+
+@torch.no_grad()
+def test_render_occupancy_probes_a_bounded_number_of_code_pairs(dense_model, monkeypatch):
+    model = dense_model.model
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_probe_codes=3))
+    probed = []
+    original = renderer.build_occupancy
+    monkeypatch.setattr(renderer, "build_occupancy", lambda a, e, **kw: probed.append(len(a)) or original(a, e, **kw))
+    frames = torch.arange(model.num_frames)
+    renderer.build_occupancy_for_render(model.audio_codes_for_frames(frames), model.expression_codes_for_frames(frames))
+    assert probed == [3] and renderer.occupancy.any()
+
+
+@torch.no_grad()
+def test_build_out_of_time_is_conservative(dense_model):
+    """A build that runs out of its time budget marks what it did not probe as occupied: nothing is lost."""
+    model = dense_model.model
+    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_build_seconds=0.0))
+    renderer.build_occupancy_from_training_clip(max_codes=2)
+    assert renderer.build_truncated and bool(renderer.occupancy.all())
 
 
 @pytest.mark.gpu

@@ -88,7 +88,13 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     camera = pipeline.datamanager.train_dataset.cameras[2:3]
     controls = model.viewer_controls
     default = controls.read()
-    assert controls.apply(camera, default) is camera  # defaults change nothing
+    # Defaults: the camera's frame's own codes, computed once per camera (not per chunk of rays).
+    applied = controls.apply(camera, default).metadata
+    frame = torch.tensor([controls.camera_frame(camera)])
+    torch.testing.assert_close(applied[C.META_AUDIO_CODE], model.audio_codes_for_frames(frame))
+    torch.testing.assert_close(applied[C.META_EXPRESSION_CODE], model.expression_codes_for_frames(frame))
+    carried = controls.apply(camera, default)
+    assert controls.apply(carried, default) is carried  # codes a renderer put on a camera are kept
     outputs = model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (32, 32, 3)
     assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].min() >= 0 and outputs["rgb"].max() <= 1

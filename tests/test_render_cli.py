@@ -202,3 +202,18 @@ def test_ns_render_dataset_works_on_a_jean_checkpoint(tiny, tmp_path):
 
     image = np.asarray(Image.open(next((tmp_path / "renders").rglob("*.jpg"))))
     assert image.shape[:2] == (32, 32) and image.std() > 0
+
+
+def test_progress_bar_shows_frames_per_second_and_eta():
+    from jean_nerfstudio.render.cli import progress_bar
+
+    progress = progress_bar("render")
+    task = progress.add_task("render", total=10)
+    progress.advance(task, 3)
+    line = " ".join(getattr(column.render(progress.tasks[0]), "plain", str(column.render(progress.tasks[0])))
+                    for column in progress.columns)
+    assert "ETA" in line and "3/10" in line
+    # The speed column is nerfstudio's (it shows "?" until rich has timed a few frames).
+    from nerfstudio.utils.rich_utils import ItersPerSecColumn
+
+    assert any(isinstance(c, ItersPerSecColumn) and "frames/s" in str(vars(c)) for c in progress.columns)

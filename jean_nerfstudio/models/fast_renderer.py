@@ -12,12 +12,13 @@ Pure PyTorch (tinycudann grids when present), so it runs on the CPU too; tests c
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from jean_nerfstudio.models.jean_model import head_pose_features, sample_image
@@ -42,6 +43,19 @@ class FastRendererConfig:
     chunk_points: int = 1 << 20
     """Samples per field call: the torch hash grid holds 8 corner indices per level and sample, so a whole 512x512
     frame's samples in one call would need tens of GiB."""
+    occupancy_chunk_points: int = 1 << 16
+    """Samples per field call while the occupancy grid is built (smaller calls stay in the CPU caches)."""
+    coarse_factor: int = 4
+    """The occupancy is built coarse to fine: a grid this many times coarser is probed first, and only fine cells
+    near its occupied cells are probed (1: probe every fine cell)."""
+    coarse_probes: int = 8
+    """Jittered points per coarse cell (a thin shell must not slip between them; its dilation adds a margin)."""
+    max_probe_codes: int = 12
+    """Code pairs probed by `build_occupancy_for_render` (farthest-point sampled over the candidates): the build
+    costs cells x pairs field evaluations."""
+    max_build_seconds: Optional[float] = None
+    """A time budget for one occupancy build: cells not yet probed when it runs out count as occupied (conservative:
+    marching then just evaluates more samples). None: no budget."""
 
 
 class FastRenderer:
@@ -55,6 +69,9 @@ class FastRenderer:
         diag = float(torch.linalg.norm(self.aabb[1] - self.aabb[0]))
         self.step = diag / self.config.steps_per_box_diagonal
         self.occupancy: Optional[Bool[Tensor, "G G G"]] = None
+        self._deadline: Optional[float] = None
+        self.build_truncated = False
+        """Whether the last build ran out of `max_build_seconds` (unprobed cells were then marked occupied)."""
         self.occupied_aabb: Optional[Float[Tensor, "2 3"]] = None
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -62,39 +79,95 @@ class FastRenderer:
     def build_occupancy(self, audio_codes: Tensor, expression_codes: Tensor, probes_per_cell: int = 2) -> float:
         """Mark cells whose density exceeds the threshold under any of the given code pairs (zipped).
 
+        Coarse to fine, so that the cost follows the head rather than the box: cells of a grid `coarse_factor` times
+        coarser are probed first (with `coarse_probes` jittered points each), their occupied set is dilated by one
+        coarse cell, and only the fine cells inside it are probed (`probes_per_cell` points each). Empty space far
+        from the head is never evaluated at the fine resolution (a time budget, `max_build_seconds`, bounds the rest).
+
         Returns the occupied fraction of the box.
         """
         g = self.config.grid_resolution
-        lo, hi = self.aabb[0], self.aabb[1]
-        cell = (hi - lo) / g
-        index = torch.stack(torch.meshgrid(*[torch.arange(g, device=self.device)] * 3, indexing="ij"), -1).reshape(-1, 3)
-        occupied = torch.zeros(g**3, dtype=torch.bool, device=self.device)
+        audio_codes, expression_codes = audio_codes.to(self.device), expression_codes.to(self.device)
         generator = torch.Generator(device="cpu").manual_seed(0)
-        for a, e in zip(audio_codes.to(self.device), expression_codes.to(self.device)):
-            for _ in range(probes_per_cell):
-                jitter = torch.rand(index.shape, generator=generator).to(self.device)
-                points = lo + (index.float() + jitter) * cell
-                for chunk in torch.arange(points.shape[0], device=self.device).split(1 << 18):
-                    p = points[chunk]
-                    density = self.model.field.density_and_geometry(
-                        p, a.expand(len(p), -1), e.expand(len(p), -1)
-                    )["density"][:, 0]
-                    occupied[chunk] |= density > self.config.density_threshold
+        budget = self.config.max_build_seconds
+        self._deadline = None if budget is None else time.perf_counter() + budget
+        self.build_truncated = False
+        factor = max(1, int(self.config.coarse_factor))
+        if factor > 1 and g % factor == 0 and g // factor >= 2:
+            gc = g // factor
+            coarse = self._probe_cells(_all_cells(gc, self.device), gc, audio_codes, expression_codes,
+                                       self.config.coarse_probes, generator)
+            coarse = F.max_pool3d(coarse.reshape(1, 1, gc, gc, gc).float(), kernel_size=3, stride=1, padding=1)[0, 0] > 0
+            # Fine cells of the kept coarse cells: each coarse index times the factor plus every sub-cell offset.
+            sub = _all_cells(factor, self.device)
+            candidates = (coarse.nonzero()[:, None, :] * factor + sub[None]).reshape(-1, 3)
+        else:
+            candidates = _all_cells(g, self.device)
+        occupied = torch.zeros(g, g, g, dtype=torch.bool, device=self.device)
+        if candidates.numel():
+            hit = self._probe_cells(candidates, g, audio_codes, expression_codes, probes_per_cell, generator)
+            cells = candidates[hit]
+            occupied[cells[:, 0], cells[:, 1], cells[:, 2]] = True
         grid = occupied.reshape(1, 1, g, g, g).float()
         if self.config.dilation > 0:
             k = 2 * self.config.dilation + 1
             grid = F.max_pool3d(grid, kernel_size=k, stride=1, padding=self.config.dilation)
         self.occupancy = grid[0, 0] > 0
+        self._update_occupied_aabb()
+        return float(self.occupancy.float().mean())
+
+    def _probe_cells(
+        self,
+        cells: Int[Tensor, "n 3"],
+        resolution: int,
+        audio_codes: Float[Tensor, "k audio"],
+        expression_codes: Float[Tensor, "k expr"],
+        probes: int,
+        generator: torch.Generator,
+    ) -> Bool[Tensor, "n"]:
+        """Whether the density at any of `probes` jittered points of each cell exceeds the threshold, under any code
+        pair; `chunk_points` samples per field call (large calls thrash the CPU caches and the allocator)."""
+        lo, hi = self.aabb[0], self.aabb[1]
+        size = (hi - lo) / resolution
+        hit = torch.zeros(cells.shape[0], dtype=torch.bool, device=self.device)
+        step = max(1, min(self.config.chunk_points, self.config.occupancy_chunk_points))
+        for _ in range(max(1, probes)):
+            jitter = torch.rand(cells.shape, generator=generator).to(self.device)
+            points = lo + (cells.float() + jitter) * size
+            for a, e in zip(audio_codes, expression_codes):
+                for chunk in torch.arange(points.shape[0], device=self.device).split(step):
+                    if self._deadline is not None and time.perf_counter() > self._deadline:
+                        # Out of time: every cell not yet shown occupied stays possibly occupied (conservative).
+                        self.build_truncated = True
+                        return torch.ones_like(hit)
+                    todo = chunk[~hit[chunk]]  # a cell found occupied needs no further probe
+                    if todo.numel() == 0:
+                        continue
+                    p = points[todo]
+                    density = self.model.field.density_and_geometry(p, a.expand(len(p), -1), e.expand(len(p), -1))
+                    hit[todo] |= density["density"][:, 0] > self.config.density_threshold
+        return hit
+
+    def _update_occupied_aabb(self) -> None:
+        assert self.occupancy is not None
+        lo, hi = self.aabb[0], self.aabb[1]
+        cell = (hi - lo) / self.config.grid_resolution
         if self.occupancy.any():
             cells = self.occupancy.nonzero()
             self.occupied_aabb = torch.stack([lo + cells.amin(0) * cell, lo + (cells.amax(0) + 1) * cell])
         else:
             self.occupied_aabb = self.aabb.clone()
-        return float(self.occupancy.float().mean())
 
     @torch.no_grad()
     def build_occupancy_from_training_clip(self, max_codes: int = 64) -> float:
         """Occupancy over the training clip's own codes (spread over the clip), silence and the neutral expression."""
+        audio, expression = self.training_clip_codes(max_codes)
+        return self.build_occupancy(audio, expression)
+
+    @torch.no_grad()
+    def training_clip_codes(self, max_codes: int = 64) -> Tuple[Tensor, Tensor]:
+        """Code pairs that bound the head: `max_codes` frames spread over the training clip, silence with the first
+        frame's expression, and the first frame's audio with the neutral (median) expression."""
         model = self.model
         frames = torch.linspace(0, model.num_frames - 1, min(max_codes, model.num_frames), device=self.device).round().long()
         audio = model.audio_codes_for_frames(frames)
@@ -105,7 +178,23 @@ class FastRenderer:
         neutral = model.expression.codes(neutral_inputs, frames[:1])
         audio = torch.cat([audio, silence, audio[:1]], 0)
         expression = torch.cat([expression, expression[:1], neutral], 0)
-        return self.build_occupancy(audio, expression)
+        return audio, expression
+
+    @torch.no_grad()
+    def build_occupancy_for_render(self, audio_codes: Tensor, expression_codes: Tensor) -> float:
+        """The occupancy a render needs, in bounded time: the training clip's codes (they bound the head's shape) and
+        the render's own (mouth shapes the clip never showed), reduced to `max_probe_codes` pairs that span them.
+
+        Probing every code pair costs grid cells x pairs field evaluations (128^3 cells x ~80 pairs took more than 10
+        minutes on a CPU). Nearby codes give nearly the same density, and the dilation covers what lies between the
+        probed ones, so the pairs are chosen by farthest-point sampling over the concatenated codes: the extremes
+        (silence, the widest mouth, the neutral face) are kept and near-duplicates dropped.
+        """
+        own_audio, own_expression = self.training_clip_codes()
+        audio = torch.cat([own_audio, audio_codes.to(self.device).float()], 0)
+        expression = torch.cat([own_expression, expression_codes.to(self.device).float()], 0)
+        chosen = farthest_point_indices(torch.cat([audio, expression], -1), self.config.max_probe_codes)
+        return self.build_occupancy(audio[chosen], expression[chosen])
 
     # ------------------------------------------------------------------------------------------------------------------
     def _occupied(self, points: Float[Tensor, "n 3"]) -> Bool[Tensor, "n"]:
@@ -241,3 +330,28 @@ class FastRenderer:
             "accumulation": acc.reshape(h, w, 1),
             "depth": (head["depth"] / head["accumulation"].clamp_min(1e-6)).reshape(h, w, 1),
         }
+
+
+def _all_cells(resolution: int, device) -> Int[Tensor, "n 3"]:
+    """Integer indices of every cell of a resolution^3 grid, x-major."""
+    axis = torch.arange(resolution, device=device)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+
+def farthest_point_indices(points: Float[Tensor, "n d"], count: int) -> Int[Tensor, "k"]:
+    """`count` rows that spread over `points` (greedy farthest-point sampling from the row nearest the mean).
+
+    >>> farthest_point_indices(torch.tensor([[0.0], [0.1], [4.0], [10.0]]), 3).tolist()
+    [2, 3, 0]
+    """
+    n = points.shape[0]
+    if count >= n:
+        return torch.arange(n, device=points.device)
+    first = int(torch.cdist(points.mean(0, keepdim=True), points)[0].argmin())
+    chosen = [first]
+    distance = torch.cdist(points[first : first + 1], points)[0]
+    for _ in range(count - 1):
+        nxt = int(distance.argmax())
+        chosen.append(nxt)
+        distance = torch.minimum(distance, torch.cdist(points[nxt : nxt + 1], points)[0])
+    return torch.tensor(chosen, device=points.device)

@@ -1,17 +1,19 @@
 """Viewer controls of the JEAN model: drive the mouth from another frame's audio, mute it, swap or edit expressions.
 
 The nerfstudio viewer shows every `ViewerElement` found on the model. The frame itself is the viewer's time slider
-(the dataparser sets `times`). Controls are read once per rendered camera and turned into per-camera codes, which the
-model copies onto each ray; at their defaults they change nothing, so evaluation renders are unaffected.
+(the dataparser sets `times`): scrubbing it shows each frame with its own audio and expression. Controls are read once
+per rendered camera and turned into per-camera codes, which the model copies onto each ray; at their defaults the codes
+are the frame's own, so evaluation renders are unaffected.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.viewer.viewer_elements import ViewerDropdown, ViewerSlider
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerSlider
 from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
@@ -58,6 +60,8 @@ class JeanViewerControls(nn.Module):
             hint="This frame's expression, another frame's, or the clip's neutral (median) expression.",
         )
         self.expression_frame = ViewerSlider("Expression from frame", 0, 0, last, step=1, hint="Frame whose expression is shown.")
+        self.camera_view = TrainingCameraView(model)
+        self.training_camera = ViewerButton("Training camera view", cb_hook=lambda _: self.camera_view.move_all())
         self.edit_names = list(model.expression_control_names)
         for name in self.edit_names:
             setattr(self, f"edit_{name}", ViewerSlider(name.replace("_", " ").capitalize(), 0.0, -1.0, 1.0, step=0.05,
@@ -83,27 +87,47 @@ class JeanViewerControls(nn.Module):
 
     @torch.no_grad()
     def apply(self, camera: Cameras, values: Optional[Dict[str, object]] = None) -> Cameras:
-        """`camera` with per-camera audio/expression codes reflecting the controls (unchanged at defaults)."""
+        """`camera` with its frame's audio and expression codes in its metadata, reflecting the controls.
+
+        The codes are constant over a frame, so they are computed here once per rendered camera: left to the model,
+        every chunk of rays would re-encode them (for the transformer expression encoder, a pass over its window per
+        chunk). Codes a renderer already put on the camera are kept while the controls are at their defaults.
+        """
         values = self.read() if values is None else values
-        if self.is_default(values):
-            return camera
         model = self._model[0]
+        metadata = camera.metadata or {}
+        default = self.is_default(values)
+        if default and C.META_AUDIO_CODE in metadata and C.META_EXPRESSION_CODE in metadata:
+            return camera
         device = model.device
-        if camera.times is not None:
-            frame = int(torch.round(camera.times.reshape(-1)[0] * (model.num_frames - 1)).clamp(0, model.num_frames - 1))
-        else:
-            frame = 0
+        frame = self.camera_frame(camera)
         n = camera.shape[0] if len(camera.shape) else 1
-        audio = self.audio_code(model, values, frame, device)
-        expression = self.expression_code(model, values, frame, device)
-        return with_metadata(
-            camera,
-            {
-                C.META_FRAME_INDEX: torch.full((n, 1), float(frame), device=camera.camera_to_worlds.device),
-                C.META_AUDIO_CODE: audio.expand(n, -1).to(camera.camera_to_worlds.device),
-                C.META_EXPRESSION_CODE: expression.expand(n, -1).to(camera.camera_to_worlds.device),
-            },
-        )
+        to_camera = camera.camera_to_worlds.device
+        if default and C.META_AUDIO_CODE in metadata:
+            audio = metadata[C.META_AUDIO_CODE]
+        else:
+            audio = self.audio_code(model, values, frame, device).expand(n, -1).to(to_camera)
+        if default and C.META_EXPRESSION_CODE in metadata:
+            expression = metadata[C.META_EXPRESSION_CODE]
+        else:
+            expression = self.expression_code(model, values, frame, device).expand(n, -1).to(to_camera)
+        extra = {C.META_AUDIO_CODE: audio, C.META_EXPRESSION_CODE: expression}
+        if C.META_FRAME_INDEX not in metadata:
+            extra[C.META_FRAME_INDEX] = torch.full((n, 1), float(frame), device=to_camera)
+        return with_metadata(camera, extra)
+
+    def camera_frame(self, camera: Cameras) -> int:
+        """The training-clip frame a camera shows: its frame metadata (renderers), else its time (the viewer's time
+        slider), else frame 0; the same rule as `JeanModel.ray_frame_indices`."""
+        model = self._model[0]
+        metadata = camera.metadata or {}
+        if C.META_FRAME_INDEX in metadata:
+            value = metadata[C.META_FRAME_INDEX].reshape(-1)[0]
+        elif camera.times is not None:
+            value = camera.times.reshape(-1)[0] * (model.num_frames - 1)
+        else:
+            return 0
+        return int(torch.round(value).clamp(0, model.num_frames - 1))
 
     @staticmethod
     def audio_code(model, values: Dict[str, object], frame: int, device) -> Tensor:
@@ -129,3 +153,49 @@ class JeanViewerControls(nn.Module):
         if edits and model.expression_editor is not None:
             inputs = model.expression_editor(inputs, edits)
         return model.expression.codes(inputs, torch.tensor([target], device=device))
+
+
+class TrainingCameraView(ViewerControl):
+    """Puts viewer cameras at the training camera of the frame on the time slider (and every new browser there).
+
+    The torso and the background are image-space layers looked up where a ray lands in its frame's training camera,
+    so the composited picture is right from that camera and only approximate far from it. Starting there (rather
+    than at viser's default pose, looking at the box from outside) shows the talking head as it was filmed; orbiting
+    from there is the user's choice. The look-at point is the head box's centre, so orbit controls turn about it.
+    """
+
+    def __init__(self, model) -> None:
+        self._model = [model]  # not a registered child (see JeanViewerControls)
+
+    def _setup(self, viewer) -> None:
+        super()._setup(viewer)
+        self.viser_server.on_client_connect(self.move)
+
+    def frame(self) -> int:
+        """The frame on the viewer's time slider."""
+        model = self._model[0]
+        time = float(getattr(self.viewer.control_panel, "time", 0.0)) if hasattr(self, "viewer") else 0.0
+        return int(round(min(max(time, 0.0), 1.0) * (model.num_frames - 1)))
+
+    def move_all(self) -> None:
+        if hasattr(self, "viser_server"):
+            for client in self.viser_server.get_clients().values():
+                self.move(client)
+
+    @torch.no_grad()
+    def move(self, client) -> None:
+        """Set one client's camera (pose and vertical field of view) to the training camera of the current frame."""
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as scale
+
+        model = self._model[0]
+        c2w = model.clip_camera_to_worlds[self.frame()].double().cpu()  # OpenGL axes: x right, y up, z backwards
+        position = c2w[:, 3] * scale
+        forward, up = -c2w[:, 2], c2w[:, 1]
+        centre = model.field.aabb.double().cpu().mean(0) * scale
+        distance = max(float((centre - position) @ forward), 1e-3)
+        fy = float(model.intrinsics[1])
+        with client.atomic():
+            client.camera.fov = 2.0 * math.atan(model.image_height / 2.0 / fy)
+            client.camera.up_direction = up.numpy()
+            client.camera.position = position.numpy()
+            client.camera.look_at = (position + forward * distance).numpy()
