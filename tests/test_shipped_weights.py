@@ -101,8 +101,15 @@ def test_default_model_uses_the_shipped_encoders_and_none_restores_per_subject(s
     config = copy.deepcopy(jean_small_method.config)
     config.pipeline.datamanager.data = synthetic_dataset
     config.pipeline.datamanager.dataparser.data = synthetic_dataset
-    model = config.pipeline.setup(device="cpu", test_mode="val").model
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model = pipeline.model
     assert model.audio_spec["kind"] == "checkpoint"
+    # A render while the model is in training mode (the viewer during ns-train, the demo's timing frame) on a step
+    # where the expression objective runs: its scalar terms must stay out of the chunked render's outputs.
+    model.train()
+    model.step = 0
+    camera = pipeline.datamanager.train_dataset.cameras[0:1]
+    assert model.get_outputs_for_camera(camera)["rgb"].shape[:2] == (32, 32)
     assert not any(p.requires_grad for p in model.audio.encoder.parameters())
     shipped = torch.load(weights.shipped_expression_encoder(), map_location="cpu", weights_only=True)["encoder_state"]
     name, value = next(iter(shipped.items()))

@@ -394,8 +394,11 @@ class JeanModel(Model):
             outputs["audio_attention_raw"] = (weights.detach() * field_out["audio_attention"]).sum(-2)
             # The expression objective runs here, inside the model's forward, and get_loss_dict only reads it: under
             # DistributedDataParallel, parameters used outside forward are marked ready twice (every rank failed on
-            # step 0 with the transformer encoder when the objective ran in get_loss_dict).
-            outputs.update(self._expression_objective_terms())
+            # step 0 with the transformer encoder when the objective ran in get_loss_dict). Only in a forward that
+            # trains (grad enabled): a render of a model in training mode (the viewer during ns-train, the demo's
+            # timing frame) goes through nerfstudio's chunked rendering, which cannot concatenate scalar terms.
+            if torch.is_grad_enabled():
+                outputs.update(self._expression_objective_terms())
         return outputs
 
     def _expression_objective_terms(self) -> Dict[str, Tensor]:
