@@ -283,8 +283,9 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
         raise PretrainInputError("no corpus given; usage: jean-pretrain VIDEOS_OR_FOLDERS... [--work-dir DIR]")
     torch.set_num_threads(max(1, cmd.threads))
     started = time.perf_counter()
-    videos = [v for v in find_videos(cmd.sources) if not matches(v.stem, cmd.exclude)]
-    excluded = sorted(v.stem for v in find_videos(cmd.sources) if matches(v.stem, cmd.exclude))
+    found = find_videos(cmd.sources)
+    videos = [v for v in found if not matches(v.stem, cmd.exclude)]
+    excluded = sorted(v.stem for v in found if matches(v.stem, cmd.exclude))
     if not videos:
         raise PretrainInputError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) found in {', '.join(map(str, cmd.sources))}")
     datasets, failed = process_corpus(videos, cmd.work_dir, cmd.image_size, console)
@@ -352,7 +353,7 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
     report_audio = audio_result.report
     offsets = report_audio.offsets or []
     probe = report_audio.probe
-    seconds_of_video = sum(ProcessedClip.open(d).num_frames / ProcessedClip.open(d).fps for d in train_sets)
+    seconds_of_video = sum(clip.num_frames / clip.fps for clip in map(ProcessedClip.open, train_sets))
     held_probe = "held_out" if "held_out" in expression_metrics["probes"] else next(iter(expression_metrics["probes"]))
     report: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
