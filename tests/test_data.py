@@ -53,8 +53,10 @@ def test_refuses_unfinished_or_foreign_datasets(synthetic_dataset, tmp_path, cha
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
-    assert expected in run.stdout and "Traceback" not in run.stdout + run.stderr
-    assert "jean-process" in run.stdout  # the fix is named
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jean: error:") and expected in lines[0], run.stderr  # `python -c`
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "jean-process" in lines[0]  # the fix is named
 
 
 def test_refuses_a_folder_that_is_not_a_dataset(tmp_path):

@@ -76,8 +76,8 @@ def test_bad_input_exits_2_with_one_red_line(monkeypatch, clip_dirs, tmp_path, c
         "none": [],
     }[case]
     code = run_cli(monkeypatch, [*args, "--output", tmp_path / "x.ckpt", "--max-steps", "1", *SMALL])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert code == 2
     lines = [line for line in printed.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], printed
+    assert len(lines) == 1 and lines[0].startswith("jean-train-expression: error:") and message in lines[0], printed
     assert not (tmp_path / "x.ckpt").exists()

@@ -28,7 +28,7 @@ def _run(video: Path, out: Path, **overrides) -> tuple[int, str]:
 
 
 def _error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    lines = [line for line in output.splitlines() if line.startswith("jean-process: error:")]
     assert len(lines) == 1, output
     return lines[0]
 
@@ -113,7 +113,7 @@ def test_the_console_script_exits_2_with_one_red_line(bad_inputs: dict, tmp_path
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("jean-process: error:")]
     assert len(errors) == 1 and "has no audio track" in errors[0] and "Traceback" not in done.stderr
 
 

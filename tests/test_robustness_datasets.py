@@ -136,7 +136,7 @@ def test_ns_train_refuses_bad_data_in_one_line(case, bad_datasets, tmp_path, mon
     data = bad_datasets[case]
     status, text = _ns_train(data, tmp_path, monkeypatch, capsys)
     assert status == 2
-    line = _one_error_line(text, "error:")
+    line = _one_error_line(text, "ns-train: error:")
     cause, fix = EXPECTED[case]
     assert str(data) in line and cause in line and fix in line, line
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained, no checkpoint
@@ -147,7 +147,7 @@ def test_ns_train_console_script_refuses_an_older_dataset(bad_datasets, tmp_path
     done = subprocess.run([BIN / "ns-train", "jean-small", "--data", data, *NS_TRAIN_SMALL], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 2
-    line = _one_error_line(done.stdout + done.stderr, "error:")
+    line = _one_error_line(done.stdout + done.stderr, "ns-train: error:")
     assert str(data) in line and "contract version 0" in line and "jean-process" in line
     assert not list(tmp_path.rglob("*.ckpt"))
 
@@ -165,7 +165,7 @@ def test_jean_train_audio_refuses_bad_data_in_one_line(case, bad_datasets, tiny_
     status = train_audio_main(config, console=Console(file=buffer, width=100, soft_wrap=True))
     text = buffer.getvalue()
     assert status == 2
-    line = _one_error_line(text, "error:")
+    line = _one_error_line(text, "jean-train-audio: error:")
     cause, fix = EXPECTED[case]
     if case == "copy with a feature file cut short":
         assert str(data) in line and cause in line and fix in line, line

@@ -50,7 +50,7 @@ def process_cli(video: Path, out: Path, **overrides) -> tuple[int, str]:
 
 
 def the_error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    lines = [line for line in output.splitlines() if line.startswith("jean-process: error:")]
     assert len(lines) == 1, output
     assert "Traceback" not in output
     return lines[0]
@@ -228,7 +228,7 @@ def test_unicode_and_spaces_in_paths_through_the_console_script(media_root: Path
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert failed.returncode == 2
     lines = [line for line in failed.stderr.splitlines() if line.strip() and "━" not in line]
-    assert len(lines) == 1 and lines[0].startswith("error:") and str(silent) in lines[0], failed.stderr
+    assert len(lines) == 1 and lines[0].startswith("jean-process: error:") and str(silent) in lines[0], failed.stderr
 
 
 def test_no_face_error_is_the_only_line_on_stderr(media_root: Path, tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_no_face_error_is_the_only_line_on_stderr(media_root: Path, tmp_path: Pa
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip() and "━" not in line]
-    assert lines == [line for line in lines if line.startswith("error:")] and len(lines) == 1, done.stderr
+    assert lines == [line for line in lines if line.startswith("jean-process: error:")] and len(lines) == 1, done.stderr
 
 
 def _snapshot(folder: Path) -> dict:

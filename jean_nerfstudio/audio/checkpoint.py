@@ -35,13 +35,14 @@ import torch
 from jean_nerfstudio.audio.data import MouthFeatureSettings
 from jean_nerfstudio.audio.encoder import AudioEncoder, AudioEncoderConfig, MouthEncoder, MouthEncoderConfig
 from jean_nerfstudio.audio.frontend import FrontEndSpec, compute_frame_windows
+from jean_nerfstudio.errors import UserError
 from jean_nerfstudio.utils.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "jean-audio-encoder"
 CHECKPOINT_VERSION = 1
 
 
-class AudioCheckpointError(RuntimeError):
+class AudioCheckpointError(UserError, RuntimeError):
     """An audio-encoder checkpoint is missing, unreadable, or not an audio-encoder checkpoint. One-line message."""
 
 

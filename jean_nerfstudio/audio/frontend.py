@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jean_nerfstudio.constants import AUDIO_SAMPLE_RATE
+from jean_nerfstudio.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def waveform_to_windows(
 # ---------------------------------------------------------------------------------------------------------------------
 # Any front end: the description recorded in checkpoints, and the one waveform -> windows function.
 # ---------------------------------------------------------------------------------------------------------------------
-class FrontEndError(ValueError):
+class FrontEndError(UserError, ValueError):
     """A front end cannot be built as described (bad backbone, layer out of range). One-line message."""
 
 

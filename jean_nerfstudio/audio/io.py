@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from jean_nerfstudio.constants import AUDIO_SAMPLE_RATE
+from jean_nerfstudio.errors import UserError
 
 
 _EXACT_DURATION_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "wav", "flac"}
@@ -19,7 +20,7 @@ _EXACT_DURATION_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "wav", "flac"}
 _TRUNCATION_SLACK_S = 0.5
 
 
-class AudioInputError(ValueError):
+class AudioInputError(UserError, ValueError):
     """An audio source cannot be used: unreadable, no audio stream, silent or too short. The message is one line."""
 
 

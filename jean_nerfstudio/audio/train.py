@@ -52,6 +52,7 @@ from jean_nerfstudio.audio.losses import (
     sync_info_nce,
 )
 from jean_nerfstudio.contract import DatasetError
+from jean_nerfstudio.errors import UserError
 
 
 @dataclass
@@ -247,7 +248,7 @@ def weights_checksum(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class TrainInputError(ValueError):
+class TrainInputError(UserError, ValueError):
     """A training input or option that cannot work (unwritable output, ...). One-line message."""
 
 

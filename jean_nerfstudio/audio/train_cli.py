@@ -18,18 +18,15 @@ from typing import Dict, List, Optional
 
 import tyro
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jean_nerfstudio.audio.backbone import BackboneUnavailableError
 from jean_nerfstudio.audio.evaluate import EvaluationReport, RetrievalResult
-from jean_nerfstudio.audio.frontend import FrontEndError
-from jean_nerfstudio.audio.io import AudioInputError
-from jean_nerfstudio.audio.train import AudioTrainConfig, TrainInputError, TrainResult, train
-from jean_nerfstudio.contract import DatasetError
+from jean_nerfstudio.audio.train import AudioTrainConfig, TrainResult, train
+from jean_nerfstudio.errors import EXIT_CODE, UserError, print_user_error
 
-INPUT_ERRORS = (DatasetError, AudioInputError, BackboneUnavailableError, FrontEndError, TrainInputError)
+COMMAND = "jean-train-audio"
+"""The name error lines start with."""
 
 
 @dataclass
@@ -107,6 +104,7 @@ def print_report(console: Console, result: TrainResult, config: AudioTrainConfig
 def main(config: AudioTrainConfig, console: Optional[Console] = None) -> int:
     """Run the command; returns the exit status (0, or 2 for bad input with a one-line red error)."""
     rank = int(os.environ.get("RANK", "0"))
+    error_console = console  # None: errors go to stderr
     console = console if console is not None else Console(soft_wrap=True)
     is_main = rank == 0
     show = is_main and console.is_terminal
@@ -132,11 +130,8 @@ def main(config: AudioTrainConfig, console: Optional[Console] = None) -> int:
 
             log = console.print if is_main else (lambda *_: None)
             result = train(config, progress=progress, log=lambda text: log(text, highlight=False))
-    except INPUT_ERRORS as err:
-        if is_main:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-        return 2
+    except UserError as err:  # datasets, audio files, the front end or backbone, the output path
+        return print_user_error(COMMAND, err, error_console) if is_main else EXIT_CODE
     if is_main:
         print_report(console, result, config)
     return 0

@@ -7,20 +7,18 @@ dataparser applies no re-centering or re-scaling (the dataset's scene box alread
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, NoReturn, Type
+from typing import List, Literal, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.utils.rich_utils import CONSOLE
-from rich.markup import escape
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.contract import DatasetError, ProcessedClip
+from jean_nerfstudio.errors import exit_or_raise
 
 
 @dataclass
@@ -35,19 +33,13 @@ class JeanDataParserConfig(DataParserConfig):
     """'held-out': evaluate on the dataset's held-out tail frames; 'train': on the training frames (debugging)."""
 
 
-def exit_with(message: str) -> NoReturn:
-    """One red line (never wrapped: a user error is one line) and exit code 2."""
-    CONSOLE.print(f"[bold red]Error:[/bold red] {escape(' '.join(str(message).split()))}", soft_wrap=True,
-                  highlight=False)
-    sys.exit(2)
-
-
 def open_or_exit(root: Path) -> ProcessedClip:
-    """Open a dataset, turning a contract problem into one red line and exit code 2 (no traceback for a user error)."""
+    """Open a dataset; a contract problem ends as one red line and exit code 2 under `ns-train` / `ns-viewer` (no
+    traceback for a user error), and is raised for our own commands to report (`errors.exit_or_raise`)."""
     try:
         return ProcessedClip.open(root)
     except DatasetError as err:
-        exit_with(str(err))
+        exit_or_raise(err)
 
 
 _END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
@@ -128,20 +120,20 @@ class JeanDataParser(DataParser):
         try:
             verify_files(clip)
         except DatasetError as err:
-            exit_with(str(err))
+            exit_or_raise(err)
         if split == "train" or self.config.eval_split == "train":
             indices = clip.train_indices
         else:
             indices = clip.eval_indices
         if not indices:
-            exit_with(f"{clip.root}: the '{split}' split is empty; re-process a longer clip.")
+            exit_or_raise(DatasetError(f"{clip.root}: the '{split}' split is empty; re-process a longer clip."))
         frames = {int(f["frame_index"]): f for f in clip.transforms["frames"]}
         missing = [i for i in indices if i not in frames]
         if missing:
-            exit_with(
+            exit_or_raise(DatasetError(
                 f"{clip.root / C.TRANSFORMS_FILE}: frames {missing[:5]} of the split are missing; re-run `jean-process` "
                 "with --force."
-            )
+            ))
         all_indices = list(range(clip.num_frames))
         all_c2w = clip_cameras(clip, all_indices).camera_to_worlds
         transforms = clip.transforms

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from jean_nerfstudio.errors import UserError
 from jean_nerfstudio.expression.encoder import ExpressionEncoder, ExpressionEncoderConfig
 from jean_nerfstudio.expression.inputs import ExpressionInputs, ExpressionLayout
 from jean_nerfstudio.expression.objective import ExpressionObjective, ExpressionObjectiveConfig
@@ -24,7 +25,7 @@ CHECKPOINT_FORMAT = "jean-expression-encoder"
 CHECKPOINT_VERSION = 1
 
 
-class ExpressionCheckpointError(RuntimeError):
+class ExpressionCheckpointError(UserError, RuntimeError):
     """An expression-encoder checkpoint is missing, unreadable, foreign, or of another version."""
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.contract import LANDMARK_COUNTS, DatasetError, ProcessedClip
+from jean_nerfstudio.errors import UserError
 
 LAYOUT_VERSION = 1
 """Bumped when the meaning of a channel changes; checkpoints of another version are refused."""
@@ -71,7 +72,7 @@ _BLENDSHAPE_REGION: Dict[str, str] = {
 }
 
 
-class ExpressionLayoutError(ValueError):
+class ExpressionLayoutError(UserError, ValueError):
     """Inputs of one landmark/blendshape layout were given to an encoder built for another."""
 
 

@@ -11,7 +11,6 @@ unwritable output) ends with a one-line error in red and exit status 2.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import tyro
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from jean_nerfstudio.contract import DatasetError, ProcessedClip
+from jean_nerfstudio.errors import exit_on_user_error
 from jean_nerfstudio.expression.encoder import ExpressionEncoderConfig
-from jean_nerfstudio.expression.inputs import DEFAULT_LOWPASS_SECONDS, ExpressionLayoutError, expression_inputs
+from jean_nerfstudio.expression.inputs import DEFAULT_LOWPASS_SECONDS, expression_inputs
 from jean_nerfstudio.expression.objective import ExpressionObjectiveConfig
 
 
@@ -244,23 +243,9 @@ def _writable(folder: Path) -> bool:
 def entrypoint() -> None:
     """Console-script entry point."""
     cmd = tyro.cli(TrainExpressionCommand)
-    console = Console()
-    from jean_nerfstudio.expression.checkpoint import ExpressionCheckpointError
-
-    errors: tuple = (DatasetError, ExpressionLayoutError, ExpressionCheckpointError, OSError)
-    try:
-        from jean_nerfstudio.audio.checkpoint import AudioCheckpointError
-
-        errors = errors + (AudioCheckpointError,)
-    except ImportError:  # the audio package is optional for this command
-        pass
-    try:
-        run(cmd, console)
-    except errors as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
-        sys.exit(2)
-
+    # OSError too: every file this command reads or writes is one the user named (datasets, checkpoints, outputs).
+    with exit_on_user_error("jean-train-expression", also=(OSError,)):
+        run(cmd, Console())
 
 if __name__ == "__main__":
     entrypoint()

@@ -15,9 +15,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from jean_nerfstudio.errors import UserError, print_user_error
 from jean_nerfstudio.process.config import ProcessConfig
-from jean_nerfstudio.process.errors import EXIT_CODE, ProcessError
 from jean_nerfstudio.process.stages import ProgressSink
+
+COMMAND = "jean-process"
+"""The name error lines start with."""
 
 
 class RichProgress(ProgressSink):
@@ -109,10 +112,7 @@ def _summary(console: Console, pipeline, config: ProcessConfig, seconds: float) 
 
 
 def run_cli(config: ProcessConfig, console: Optional[Console] = None) -> int:
-    """Process with progress bars; returns the exit status (0, or 2 after one red line for a `ProcessError`)."""
-    from jean_nerfstudio.assets import ModelFileError
-    from jean_nerfstudio.audio.io import AudioInputError
-    from jean_nerfstudio.contract import DatasetError
+    """Process with progress bars; returns the exit status (0, or 2 after one red line for a user error)."""
     from jean_nerfstudio.process.pipeline import process
 
     console = console or Console(stderr=True)
@@ -120,11 +120,8 @@ def run_cli(config: ProcessConfig, console: Optional[Console] = None) -> int:
     try:
         with RichProgress(console) as progress:
             pipeline = process(config, progress)
-    except (ProcessError, ModelFileError, AudioInputError, DatasetError) as err:
-        console.print(
-            f"[bold red]error:[/bold red] {escape(' '.join(str(err).split()))}", soft_wrap=True, highlight=False
-        )
-        return EXIT_CODE
+    except UserError as err:  # ProcessError, and the dataset, model-file and audio errors of the stages
+        return print_user_error(COMMAND, err, console)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/yellow]; run the same command again to resume: {escape(str(config.output))}"

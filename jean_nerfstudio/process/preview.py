@@ -1,6 +1,6 @@
 """A contact sheet of a processed clip, to check it by eye before training.
 
-`python -m jean_nerfstudio.process.preview DIR [--out DIR/preview.png] [--frames 0 100 200]` draws, per chosen frame:
+`jean-preview DIR [--out DIR/preview.png] [--frames 0 100 200]` draws, per chosen frame:
 the frame with its segmentation labels tinted (torso blue, head green, mouth red); the canonical landmarks projected
 through transforms.json's camera exactly as nerfstudio casts rays (green) over the detected 2D landmarks (red), with the
 scene box's edges (yellow); and the background plate once.
@@ -8,14 +8,19 @@ scene box's edges (yellow); and the background plate once.
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+import tyro
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.errors import exit_on_user_error
+
+COMMAND = "jean-preview"
+"""The console script (also `python -m jean_nerfstudio.process.preview`); error lines start with it."""
 
 _TINT = {C.LABEL_TORSO: (60, 110, 255), C.LABEL_HEAD: (60, 220, 90), C.LABEL_MOUTH: (255, 60, 60)}
 
@@ -88,19 +93,48 @@ def contact_sheet(root: Path, frames: Optional[Sequence[int]] = None, max_side: 
     return sheet
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+@dataclass
+class PreviewConfig:
+    """Draw a contact sheet of a processed clip (labels, landmarks through the cameras, scene box, background)."""
+
+    dataset: tyro.conf.Positional[Path]
+    """The processed clip folder (`jean-process VIDEO --output DIR`)."""
+    out: Optional[Path] = None
+    """The PNG to write (default: DATASET/preview.png)."""
+    frames: Optional[List[int]] = None
+    """Frame numbers to draw (default: the first, the middle and the last)."""
+
+
+def write_preview(config: PreviewConfig) -> Path:
+    """Write the contact sheet as a PNG (atomically) and return its path."""
     import cv2
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="output PNG (default: DATASET/preview.png)")
-    parser.add_argument("--frames", type=int, nargs="*", default=None)
-    args = parser.parse_args(argv)
-    sheet = contact_sheet(args.dataset, args.frames)
-    out = args.out or args.dataset / "preview.png"
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    print(out)
+    from jean_nerfstudio.contract import DatasetError, ProcessedClip
+    from jean_nerfstudio.utils.atomic import atomic_path
 
+    clip = ProcessedClip.open(config.dataset)  # one line for a folder that is not a finished dataset
+    if not clip.has_frames:
+        raise DatasetError(f"{clip.root}: an exported head's dataset ships no frames to preview; run the preview on the "
+                           "processed clip it was trained on.")
+    frames = list(config.frames) if config.frames is not None else None
+    bad = [i for i in frames or [] if not 0 <= i < clip.num_frames]
+    if bad:
+        raise DatasetError(f"{clip.root}: frames {bad} out of range (the clip has {clip.num_frames}); pass --frames "
+                           f"between 0 and {clip.num_frames - 1}.")
+    sheet = contact_sheet(clip.root, frames)
+    out = config.out or clip.root / "preview.png"
+    with atomic_path(out) as tmp:  # the temporary name keeps the .png suffix OpenCV picks the format from
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{out}: could not write the PNG there; pass --out with a writable path ending in .png.")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console script `jean-preview DATASET [--out PNG] [--frames 0 100 200]` (`argv`: the arguments, default the
+    command line's)."""
+    config = tyro.cli(PreviewConfig, args=argv, description=__doc__.splitlines()[0])
+    with exit_on_user_error(COMMAND, also=(OSError,)):
+        print(write_preview(config))
 
 if __name__ == "__main__":
     main()

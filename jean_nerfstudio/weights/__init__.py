@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+from jean_nerfstudio.errors import UserError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent
 AUDIO_ENCODER_FILE = "audio_encoder.ckpt"
 EXPRESSION_ENCODER_FILE = "expression_encoder.ckpt"
@@ -27,7 +29,7 @@ EncoderKind = Literal["audio", "expression"]
 _FILES = {"audio": AUDIO_ENCODER_FILE, "expression": EXPRESSION_ENCODER_FILE}
 
 
-class ShippedWeightsMissing(FileNotFoundError):
+class ShippedWeightsMissing(UserError, FileNotFoundError):
     """The package was installed without its encoder weights (one-line message with the fix)."""
 
 
