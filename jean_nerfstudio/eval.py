@@ -33,7 +33,8 @@ class EvalConfig:
     """Evaluate a trained JEAN head (held-out frames; optionally a new audio track)."""
 
     load_config: Path
-    """The config.yml of a `ns-train jean` / `ns-train jean-small` run."""
+    """The config.yml of a `ns-train jean` / `ns-train jean-small` run, or of a `jean-export` folder (new audio only:
+    an export ships no frames to compare with)."""
     output: Optional[Path] = None
     """Write the metrics here as JSON (atomically)."""
     new_audio: Optional[Path] = None
@@ -379,7 +380,13 @@ def run(config: EvalConfig) -> Dict[str, Any]:
 
         meter = FaceMeter()
     try:
-        report["heldout"] = evaluate_heldout(model, clip, heldout_indices(clip.eval_indices, config.max_frames), config, notes, meter)
+        if clip.has_frames:
+            report["heldout"] = evaluate_heldout(model, clip, heldout_indices(clip.eval_indices, config.max_frames),
+                                                 config, notes, meter)
+        else:  # a `jean-export` folder: new audio only
+            report["heldout"] = {"frames": [], "num_frames": 0}
+            notes.reasons["heldout"] = (f"{clip.root}: an exported head ships no frames; held-out metrics need the "
+                                        "processed clip it was trained on (--data DIR)")
         if config.new_audio is not None:
             report["new_audio"] = evaluate_new_audio(model, config, notes, meter)
         elif config.rendered is not None:

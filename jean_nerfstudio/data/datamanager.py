@@ -16,6 +16,7 @@ from typing import Dict, Literal, Tuple, Type, Union
 import numpy as np
 import torch
 from jaxtyping import Int, UInt8
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.utils.dataloaders import FixedIndicesEvalDataloader, RandIndicesEvalDataloader
@@ -24,8 +25,10 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.contract import DatasetError
 from jean_nerfstudio.data.dataparser import JeanDataParserConfig
 from jean_nerfstudio.data.dataset import JeanInputDataset, read_labels
+from jean_nerfstudio.errors import exit_or_raise
 
 
 @dataclass
@@ -106,6 +109,19 @@ class FrameStore:
         return indices, batch
 
 
+class NoFrames:
+    """Stands in for the eval dataloaders of a slim dataset copy (`jean-export`): using it is the one-line error."""
+
+    def __init__(self, error: DatasetError) -> None:
+        self.error = error
+
+    def __iter__(self):
+        exit_or_raise(self.error)
+
+    def __len__(self) -> int:
+        exit_or_raise(self.error)
+
+
 def masks_to_boxes(masks: Tensor, fallback: Tensor, margin: int) -> Int[Tensor, "n 4"]:
     """Per-frame [x0, y0, x1, y1) bounding boxes of boolean masks [n, H, W]; `fallback` where a mask is empty."""
     n, height, width = masks.shape
@@ -146,14 +162,36 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
     def dataset_type(self) -> Type[JeanInputDataset]:  # type: ignore[override]
         return JeanInputDataset
 
+    @property
+    def has_frames(self) -> bool:
+        """False for a slim dataset copy of `jean-export`: it drives a trained head (render, viewer) but has no frames
+        to train on or to score against."""
+        return bool(self.train_dataparser_outputs.metadata.get("jean_has_frames", True))
+
+    def _no_frames(self, purpose: str) -> DatasetError:
+        root = self.train_dataparser_outputs.metadata.get("jean_clip_root")
+        return DatasetError(
+            f"{root}: an exported head's dataset ships no frames, so it cannot be used {purpose}; use the processed "
+            "clip it was exported from (jean_export.json names it), e.g. `--data DIR`."
+        )
+
     def setup_train(self) -> None:
         assert self.train_dataset is not None
+        self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
+        if not self.has_frames:
+            if self.test_mode == "val":  # how nerfstudio's trainer sets a pipeline up: training
+                exit_or_raise(self._no_frames("for training"))
+            return  # the viewer ('test' mode) only renders
         CONSOLE.print(f"Loading {len(self.train_dataset)} training frames...")
         self.train_frames = FrameStore(self.train_dataset, self.device, self.config.load_threads)
-        self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
 
     def setup_eval(self) -> None:
         assert self.eval_dataset is not None
+        if not self.has_frames:  # no real frames to score renders against (`ns-eval` on an export)
+            self.eval_ray_generator = RayGenerator(self.eval_dataset.cameras.to(self.device))
+            no_frames = NoFrames(self._no_frames("to score renders against real frames"))
+            self.fixed_indices_eval_dataloader = self.eval_dataloader = no_frames  # type: ignore[assignment]
+            return
         self.eval_frames = FrameStore(self.eval_dataset, self.device, self.config.load_threads)
         self.eval_ray_generator = RayGenerator(self.eval_dataset.cameras.to(self.device))
         self.fixed_indices_eval_dataloader = FixedIndicesEvalDataloader(
@@ -172,12 +210,21 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
         return generator(indices), batch
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
+        if not self.has_frames:
+            exit_or_raise(self._no_frames("for training"))
         self.train_count += 1
         return self._next(self.train_frames, self.train_ray_generator, self.config.train_num_rays_per_batch)
 
     def next_eval(self, step: int) -> Tuple[RayBundle, Dict]:
+        if not self.has_frames:
+            exit_or_raise(self._no_frames("to score renders against real frames"))
         self.eval_count += 1
         return self._next(self.eval_frames, self.eval_ray_generator, self.config.eval_num_rays_per_batch)
+
+    def next_eval_image(self, step: int) -> Tuple[Cameras, Dict]:
+        if not self.has_frames:
+            exit_or_raise(self._no_frames("to score renders against real frames"))
+        return super().next_eval_image(step)
 
     def get_train_rays_per_batch(self) -> int:
         return self.config.train_num_rays_per_batch

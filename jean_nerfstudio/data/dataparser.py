@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Type
+from typing import List, Literal, Optional, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
@@ -63,14 +63,15 @@ def _whole(path: Path) -> bool:
 
 def verify_files(clip: ProcessedClip) -> None:
     """Every file training reads is there and whole: frames, label maps, background, audio and the contract features
-    (their frame counts from the .npy headers). Training would otherwise stop minutes later with a traceback."""
+    (their frame counts from the .npy headers). Training would otherwise stop minutes later with a traceback. A slim
+    copy (`jean-export`, `clip.has_frames` False) is checked without the frames and label maps it leaves out."""
     try:
         frames = clip.transforms["frames"]
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"{clip.root / C.TRANSFORMS_FILE}: unreadable ({type(err).__name__}); re-run `jean-process` "
                            "on this dataset with --force.") from err
     bad = []
-    for frame in frames:
+    for frame in frames if clip.has_frames else []:
         for key in ("file_path", "segmentation_path"):
             if key in frame and not _whole(clip.root / frame[key]):
                 bad.append(frame[key])
@@ -138,16 +139,24 @@ class JeanDataParser(DataParser):
         all_c2w = clip_cameras(clip, all_indices).camera_to_worlds
         transforms = clip.transforms
         aabb = torch.tensor(clip.metadata["camera"]["scene_box"], dtype=torch.float32)
+        if clip.has_frames:
+            images = [clip.root / frames[i]["file_path"] for i in indices]
+            labels: Optional[List[Path]] = [clip.root / frames[i]["segmentation_path"] for i in indices]
+        else:
+            # A slim copy ships no frames: the background plate stands in wherever nerfstudio shows a camera's image
+            # (the viewer's camera frustums); the datamanager refuses to train on it or to score against it.
+            images, labels = [clip.background_path] * len(indices), None
         return DataparserOutputs(
-            image_filenames=[clip.root / frames[i]["file_path"] for i in indices],
+            image_filenames=images,
             cameras=clip_cameras(clip, indices),
             scene_box=SceneBox(aabb=aabb),
             metadata={
                 "jean_clip_root": clip.root,
+                "jean_has_frames": clip.has_frames,
                 "jean_camera_to_worlds": all_c2w,
                 "jean_intrinsics": [transforms["fl_x"], transforms["fl_y"], transforms["cx"], transforms["cy"],
                                     transforms["w"], transforms["h"]],
                 "jean_frame_indices": indices,
-                "segmentation_filenames": [clip.root / frames[i]["segmentation_path"] for i in indices],
+                "segmentation_filenames": labels,
             },
         )

@@ -19,8 +19,11 @@ def read_labels(path: Path) -> UInt8[Tensor, "H W 1"]:
 
 
 class JeanInputDataset(InputDataset):
-    """Adds each frame's `labels` [H, W, 1] (background/torso/head/mouth) to the batch."""
+    """Adds each frame's `labels` [H, W, 1] (background/torso/head/mouth) to the batch (none for a slim copy of
+    `jean-export`, which ships no label maps)."""
 
     def get_metadata(self, data: Dict) -> Dict:
-        path = self._dataparser_outputs.metadata["segmentation_filenames"][data["image_idx"]]
-        return {"labels": read_labels(path)}
+        paths = self._dataparser_outputs.metadata.get("segmentation_filenames")
+        if paths is None:
+            return {}
+        return {"labels": read_labels(paths[data["image_idx"]])}

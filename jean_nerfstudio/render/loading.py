@@ -69,7 +69,7 @@ def load_jean(
     """Load a trained JEAN pipeline for rendering (weights from the latest checkpoint of the run).
 
     Args:
-        config_path: the run's config.yml.
+        config_path: the run's config.yml, or an export's (`jean-export`; its paths are relative to its folder).
         data: the processed clip, when it moved since training (default: the path stored in the config).
         eval_num_rays_per_chunk: rays per forward pass (memory vs speed); default: the config's.
         test_mode: nerfstudio's datamanager mode; 'inference' reads no images.
@@ -77,10 +77,15 @@ def load_jean(
     from nerfstudio.utils.eval_utils import eval_setup
 
     from jean_nerfstudio.contract import ProcessedClip
+    from jean_nerfstudio.export import export_root_of, localize, read_manifest
     from jean_nerfstudio.models.jean_model import JeanModel
 
     config_path = Path(config_path)
     config = read_trainer_config(config_path)
+    export_root = export_root_of(config_path)
+    if export_root is not None:
+        read_manifest(export_root)  # one line when a file of the export is missing or cut short
+        localize(config, export_root)
     clip_dir = Path(data) if data is not None else Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
     ProcessedClip.open(clip_dir)  # DatasetError (one line) when the training clip is gone or unfinished
     checkpoints = config.get_checkpoint_dir()
@@ -91,6 +96,8 @@ def load_jean(
         )
 
     def update(loaded):
+        if export_root is not None:
+            localize(loaded, export_root)
         if data is not None:
             loaded.pipeline.datamanager.data = clip_dir
             loaded.pipeline.datamanager.dataparser.data = clip_dir
