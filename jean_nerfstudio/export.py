@@ -113,7 +113,7 @@ def localize(config: Any, root: Path) -> Any:
     """Point an export's relative config paths (run folder, dataset, encoder checkpoints) at `root`, in place."""
     config.output_dir = root / config.output_dir
     datamanager = config.pipeline.datamanager
-    for holder in (datamanager, datamanager.dataparser):
+    for holder in (config, datamanager, datamanager.dataparser):
         if getattr(holder, "data", None) is not None and not Path(holder.data).is_absolute():
             holder.data = root / holder.data
     model = config.pipeline.model
@@ -296,8 +296,9 @@ def export(config: ExportConfig) -> Tuple[Path, Dict[str, Any]]:
         # The run folder becomes the export folder: output_dir/experiment/method/timestamp = ./././<method>/.
         trainer.output_dir, trainer.experiment_name, trainer.timestamp = Path("."), ".", "."
         trainer.load_dir, trainer.load_checkpoint, trainer.load_step = None, None, None
-        datamanager.data = Path(DATASET_DIR)
-        datamanager.dataparser.data = Path(DATASET_DIR)
+        for holder in (trainer, datamanager, datamanager.dataparser):  # (TrainerConfig.data: ns-train's alias)
+            if hasattr(holder, "data"):
+                holder.data = Path(DATASET_DIR)
         model_file = Path(trainer.method_name) / trainer.relative_model_dir / checkpoint.name
         step = write_model_checkpoint(checkpoint, tmp / model_file)
         manifest = {
