@@ -129,3 +129,66 @@ def test_head_pose_features_of_identity_pose():
     c2w = torch.eye(4)[:3][None]
     features = head_pose_features(c2w)
     torch.testing.assert_close(features[0], torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0]))
+
+
+def test_jitter_frames_stays_in_range_and_reaches_both_sides():
+    from jean_nerfstudio.models.jean_model import jitter_frames
+
+    torch.manual_seed(0)
+    frames = torch.tensor([0, 5, 9]).repeat(200)
+    moved = jitter_frames(frames, 2, num_frames=10)
+    offsets = moved - frames
+    assert moved.min() >= 0 and moved.max() <= 9
+    assert offsets.abs().max() <= 2
+    assert set(offsets[frames == 5].tolist()) == {-2, -1, 0, 1, 2}
+    assert torch.equal(jitter_frames(frames, 0, num_frames=10), frames)
+
+
+def test_expression_codes_are_jittered_in_training_only(pipeline):
+    """Training draws each ray's expression code from a nearby frame (so it cannot index frames); renders do not."""
+    model = pipeline.model
+    assert model.config.expression_jitter_seconds > 0
+    assert round(model.config.expression_jitter_seconds * model.fps) >= 1, "the synthetic clip's fps is too low to test"
+    bundle = eval_rays(pipeline, 3, [(16, 16)] * 64)
+    torch.manual_seed(0)
+    try:
+        model.train()
+        trained = model.ray_conditioning(bundle)["expression"]
+    finally:
+        model.eval()
+    rendered = model.ray_conditioning(bundle)["expression"]
+    assert torch.allclose(rendered, rendered[:1].expand_as(rendered))
+    distinct = torch.unique(trained.detach().round(decimals=5), dim=0).shape[0]
+    assert distinct > 1
+    # The audio code is never jittered: it carries the mouth.
+    model.train()
+    try:
+        audio = model.ray_conditioning(bundle)["audio"]
+    finally:
+        model.eval()
+    assert torch.allclose(audio, audio[:1].expand_as(audio))
+
+
+def test_expression_attention_on_the_mouth_is_penalized(pipeline):
+    """The mirror of the audio-attention term: expression attention on mouth pixels costs, and its gradient reaches
+    the field's attention network (nowhere else is it pushed off the mouth)."""
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    labels = batch["labels"].reshape(-1)
+    assert (labels == C.LABEL_MOUTH).any(), "the synthetic batch has no mouth pixels"
+    model.train()
+    try:
+        outputs = model(ray_bundle)
+        metrics = model.get_metrics_dict(outputs, batch)
+        losses = model.get_loss_dict(outputs, batch, metrics)
+    finally:
+        model.eval()
+    term = losses["expression_mouth_attention_loss"]
+    mouth = labels == C.LABEL_MOUTH
+    expected = model.config.expression_mouth_attention_loss_mult * outputs["expression_attention_raw"][mouth, 0].mean()
+    torch.testing.assert_close(term, expected)
+    model.zero_grad()
+    term.backward()
+    grads = [p.grad for p in model.field.attention.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad()

@@ -120,6 +120,11 @@ class JeanModelConfig(ModelConfig):
     """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
     expression_objective_every: int = 4
     """Evaluate that objective every this many steps (it encodes the whole clip; the codes change slowly)."""
+    expression_jitter_seconds: float = 0.12
+    """In training, each ray's expression code is that of a random frame up to this far from its own. Expressions
+    change slowly, so the jitter costs them little; phonemes (3-8 Hz) do not survive it, so the expression code
+    cannot act as a frame index that memorizes each frame's mouth: the mouth has to be learned from the audio, which
+    is what drives it with new speech. Without it, renders driven by silence moved the mouth 3/4 as much as speech."""
 
     # ----- torso -----
     torso_levels: int = 12
@@ -142,6 +147,9 @@ class JeanModelConfig(ModelConfig):
     """Keeps the conditioned deformation small (mean squared offset, in scene units)."""
     audio_attention_loss_mult: float = 0.01
     """Penalizes audio attention on head pixels outside the mouth region (audio acts on the mouth)."""
+    expression_mouth_attention_loss_mult: float = 0.01
+    """Penalizes expression attention on mouth-region pixels (the mirror of the audio term): the speech-driven mouth
+    is the audio's; the expression code keeps what it must there (a smile) at a small price."""
 
 
 class JeanModel(Model):
@@ -335,6 +343,10 @@ class JeanModel(Model):
             audio = self.audio_codes_for_frames(unique)[inverse]
         if C.META_EXPRESSION_CODE in metadata:
             expression = metadata[C.META_EXPRESSION_CODE].reshape(num_rays, -1).float()
+        elif self.training and self.config.expression_jitter_seconds > 0:
+            jittered = jitter_frames(frames, round(self.config.expression_jitter_seconds * self.fps), self.num_frames)
+            jittered_unique, jittered_inverse = torch.unique(jittered, return_inverse=True)
+            expression = self.expression_codes_for_frames(jittered_unique)[jittered_inverse]
         else:
             expression = self.expression_codes_for_frames(unique)[inverse]
         if C.META_POSE in metadata:
@@ -392,6 +404,7 @@ class JeanModel(Model):
             outputs["ray_samples_list"] = ray_samples_list
             outputs["deformation_sq"] = (weights.detach() * field_out["offset"].pow(2).sum(-1, keepdim=True)).sum(-2)
             outputs["audio_attention_raw"] = (weights.detach() * field_out["audio_attention"]).sum(-2)
+            outputs["expression_attention_raw"] = (weights.detach() * field_out["expression_attention"]).sum(-2)
             # The expression objective runs here, inside the model's forward, and get_loss_dict only reads it: under
             # DistributedDataParallel, parameters used outside forward are marked ready twice (every rank failed on
             # step 0 with the transformer encoder when the objective ran in get_loss_dict). Only in a forward that
@@ -470,6 +483,9 @@ class JeanModel(Model):
                 losses["audio_attention_loss"] = self.config.audio_attention_loss_mult * (
                     (outputs["audio_attention_raw"][:, 0] * off_mouth).sum() / off_mouth.sum().clamp_min(1.0)
                 )
+                losses["expression_mouth_attention_loss"] = self.config.expression_mouth_attention_loss_mult * (
+                    (outputs["expression_attention_raw"][:, 0] * mouth).sum() / mouth.sum().clamp_min(1.0)
+                )
         if self.training:
             losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
                 outputs["weights_list"], outputs["ray_samples_list"]
@@ -514,6 +530,14 @@ def head_pose_features(c2w: Float[Tensor, "*bs 3 4"]) -> Float[Tensor, "*bs 9"]:
     rotation = c2w[..., :3, :3].transpose(-1, -2)  # world->camera rotation
     translation = -(rotation @ c2w[..., :3, 3:4])[..., 0]
     return torch.cat([rotation[..., :, 0], rotation[..., :, 1], translation], dim=-1)
+
+
+def jitter_frames(frames: Int[Tensor, "rays"], max_offset: int, num_frames: int) -> Int[Tensor, "rays"]:
+    """Each frame index moved by a uniform random offset in [-max_offset, max_offset], kept inside the clip."""
+    if max_offset <= 0:
+        return frames
+    offsets = torch.randint(-max_offset, max_offset + 1, frames.shape, device=frames.device)
+    return (frames + offsets).clamp(0, num_frames - 1)
 
 
 def project_directions(
