@@ -89,12 +89,12 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     controls = model.viewer_controls
     default = controls.read()
     # Defaults: the camera's frame's own codes, computed once per camera (not per chunk of rays).
-    applied = controls.apply(camera, default).metadata
+    applied = controls.apply(camera, model.audio, model.expression, default).metadata
     frame = torch.tensor([controls.camera_frame(camera)])
     torch.testing.assert_close(applied[C.META_AUDIO_CODE], model.audio_codes_for_frames(frame))
     torch.testing.assert_close(applied[C.META_EXPRESSION_CODE], model.expression_codes_for_frames(frame))
-    carried = controls.apply(camera, default)
-    assert controls.apply(carried, default) is carried  # codes a renderer put on a camera are kept
+    carried = controls.apply(camera, model.audio, model.expression, default)
+    assert controls.apply(carried, model.audio, model.expression, default) is carried  # codes a renderer put on a camera are kept
     outputs = model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (32, 32, 3)
     assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].min() >= 0 and outputs["rgb"].max() <= 1
@@ -102,10 +102,10 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     other = dict(default, audio_source=AUDIO_OTHER, audio_frame=model.num_frames - 1)
     neutral = dict(default, expression_source=EXPR_NEUTRAL)
     for values in (muted, other, neutral):
-        changed = controls.apply(camera, values)
+        changed = controls.apply(camera, model.audio, model.expression, values)
         assert C.META_AUDIO_CODE in changed.metadata and C.META_EXPRESSION_CODE in changed.metadata
     own_code = model.audio_codes_for_frames(torch.tensor([2]))
-    muted_code = controls.apply(camera, muted).metadata[C.META_AUDIO_CODE]
+    muted_code = controls.apply(camera, model.audio, model.expression, muted).metadata[C.META_AUDIO_CODE]
     assert not torch.allclose(own_code, muted_code)
 
 
