@@ -202,3 +202,12 @@ class ProcessedClip:
         if not available:
             return None
         return [available.index(n) for n in names if n in available]
+
+
+def frame_name(index: int, extension: str) -> str:
+    """Per-frame file name: zero-padded index (the contract's `images/000000.jpg`, `segmentation/000000.png`).
+
+    >>> frame_name(7, "jpg")
+    '000007.jpg'
+    """
+    return f"{index:06d}.{extension}"
