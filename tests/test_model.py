@@ -129,3 +129,18 @@ def test_head_pose_features_of_identity_pose():
     c2w = torch.eye(4)[:3][None]
     features = head_pose_features(c2w)
     torch.testing.assert_close(features[0], torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0]))
+
+
+def test_frame_and_camera_time_convert_both_ways(pipeline):
+    """One convention (constants.frame_to_time) for the dataparser's cameras, the model's rays, the viewer and the
+    driver: every frame survives the round trip, and the dataparser's times are exactly it."""
+    from jean_nerfstudio.models.driving import JeanDriver
+
+    model = pipeline.model
+    frames = torch.arange(model.num_frames)
+    driver = JeanDriver(model)
+    assert torch.equal(driver.frame_of_time(driver.time_of_frame(frames)), frames)
+    assert torch.equal(C.time_to_frame(C.frame_to_time(frames.float(), model.num_frames), model.num_frames), frames)
+    cameras = pipeline.datamanager.train_dataset.cameras
+    torch.testing.assert_close(cameras.times[:, 0], C.frame_to_time(torch.arange(cameras.size).float(), model.num_frames))
+    assert model.viewer_controls.camera_frame(cameras[3:4]) == 3
