@@ -8,7 +8,6 @@ import torch
 from jean_nerfstudio.contract import DatasetError, ProcessedClip
 from jean_nerfstudio.expression.checkpoint import save_expression_encoder
 from jean_nerfstudio.expression.encoder import ExpressionEncoderConfig
-from jean_nerfstudio.expression.inputs import ExpressionLayoutError
 from jean_nerfstudio.expression.source import (
     ClipExpressionObjective,
     FrameMLPExpressionEncoder,
