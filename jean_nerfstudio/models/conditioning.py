@@ -145,10 +145,9 @@ class ExpressionConditioner(nn.Module):
         self.encoder = source.encoder
         self.register_buffer("inputs", source.inputs, persistent=False)  # [N, F]
         self.fps = float(source.fps)
+        # What the inputs are (another clip must match it to drive this model) and the viewer's named edits of them.
         self.layout: Dict[str, object] = dict(source.layout)
-        """What the inputs are; another clip must match it to drive this model."""
         self.control_names: List[str] = list(source.controls)
-        """Names of the viewer's expression edits."""
         self._editor = source.editor
         self._sequence_of = source.sequence_of
         self.train_encoder = train_encoder
