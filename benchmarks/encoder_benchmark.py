@@ -115,17 +115,18 @@ def jean_eval_sync(fps: float, meter, measurements, waveform: np.ndarray) -> Dic
 @torch.no_grad()
 def driven_render(model, waveform: np.ndarray, seconds: float, size: int, expression: str) -> List[np.ndarray]:
     """Frames of the head speaking `waveform` (poses looped from the clip, like jean-render's default)."""
-    from jean_nerfstudio.models.driving import audio_codes_for_waveform, driven_cameras
+    from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.render.cli import render_frames
     from jean_nerfstudio.render.inputs import expression_sequence, pose_sequence
 
-    fps = float(model.fps)
+    driver = JeanDriver(model)
+    fps = driver.fps
     num_frames = int(round(seconds * fps))
-    codes = audio_codes_for_waveform(model, waveform, num_frames, fps)
-    expressions = expression_sequence(model, expression, None, num_frames, fps)
-    c2w, pose_frames = pose_sequence(model, "loop", num_frames, fps)
-    cameras = driven_cameras(model, c2w, codes, expressions, pose_frames, width=size, height=size)
-    return list(render_frames(model, cameras))
+    codes = driver.audio_codes(waveform, num_frames, fps)
+    expressions = expression_sequence(driver, expression, None, num_frames, fps)
+    c2w, pose_frames = pose_sequence(driver, "loop", num_frames, fps)
+    cameras = driver.cameras(c2w, codes, expressions, pose_frames, width=size, height=size)
+    return list(render_frames(driver, cameras))
 
 
 def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int, window_seconds: float) -> Dict[str, Any]:

@@ -89,12 +89,12 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     controls = model.viewer_controls
     default = controls.read()
     # Defaults: the camera's frame's own codes, computed once per camera (not per chunk of rays).
-    applied = controls.apply(camera, default).metadata
+    applied = controls.apply(camera, model.audio, model.expression, default).metadata
     frame = torch.tensor([controls.camera_frame(camera)])
     torch.testing.assert_close(applied[C.META_AUDIO_CODE], model.audio_codes_for_frames(frame))
     torch.testing.assert_close(applied[C.META_EXPRESSION_CODE], model.expression_codes_for_frames(frame))
-    carried = controls.apply(camera, default)
-    assert controls.apply(carried, default) is carried  # codes a renderer put on a camera are kept
+    carried = controls.apply(camera, model.audio, model.expression, default)
+    assert controls.apply(carried, model.audio, model.expression, default) is carried  # codes a renderer put on a camera are kept
     outputs = model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (32, 32, 3)
     assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].min() >= 0 and outputs["rgb"].max() <= 1
@@ -102,10 +102,10 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     other = dict(default, audio_source=AUDIO_OTHER, audio_frame=model.num_frames - 1)
     neutral = dict(default, expression_source=EXPR_NEUTRAL)
     for values in (muted, other, neutral):
-        changed = controls.apply(camera, values)
+        changed = controls.apply(camera, model.audio, model.expression, values)
         assert C.META_AUDIO_CODE in changed.metadata and C.META_EXPRESSION_CODE in changed.metadata
     own_code = model.audio_codes_for_frames(torch.tensor([2]))
-    muted_code = controls.apply(camera, muted).metadata[C.META_AUDIO_CODE]
+    muted_code = controls.apply(camera, model.audio, model.expression, muted).metadata[C.META_AUDIO_CODE]
     assert not torch.allclose(own_code, muted_code)
 
 
@@ -192,3 +192,18 @@ def test_expression_attention_on_the_mouth_is_penalized(pipeline):
     grads = [p.grad for p in model.field.attention.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     model.zero_grad()
+
+
+def test_frame_and_camera_time_convert_both_ways(pipeline):
+    """One convention (constants.frame_to_time) for the dataparser's cameras, the model's rays, the viewer and the
+    driver: every frame survives the round trip, and the dataparser's times are exactly it."""
+    from jean_nerfstudio.models.driving import JeanDriver
+
+    model = pipeline.model
+    frames = torch.arange(model.num_frames)
+    driver = JeanDriver(model)
+    assert torch.equal(driver.frame_of_time(driver.time_of_frame(frames)), frames)
+    assert torch.equal(C.time_to_frame(C.frame_to_time(frames.float(), model.num_frames), model.num_frames), frames)
+    cameras = pipeline.datamanager.train_dataset.cameras
+    torch.testing.assert_close(cameras.times[:, 0], C.frame_to_time(torch.arange(cameras.size).float(), model.num_frames))
+    assert model.viewer_controls.camera_frame(cameras[3:4]) == 3

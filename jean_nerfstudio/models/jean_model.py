@@ -34,10 +34,13 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.audio.source import build_audio_source
+from jean_nerfstudio.contract import ProcessedClip
+from jean_nerfstudio.expression.source import build_expression_source
 from jean_nerfstudio.fields.jean_field import ConditionedProposalField, JeanHeadField
 from jean_nerfstudio.fields.torso_field import TorsoField
-from jean_nerfstudio.models import sources
 from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
+from jean_nerfstudio.models.viewer_controls import JeanViewerControls, TrainingView
 
 
 _OBJECTIVE_PREFIX = "expression_objective/"
@@ -165,7 +168,7 @@ class JeanModel(Model):
         metadata = self.kwargs.get("metadata") or {}
         if "jean_clip_root" not in metadata:
             raise ValueError("JeanModel needs the `jean-data` dataparser (metadata 'jean_clip_root' missing).")
-        clip = sources.open_clip(Path(metadata["jean_clip_root"]))
+        clip = ProcessedClip.open(Path(metadata["jean_clip_root"]))
         self.clip_root = clip.root
         self.num_frames = clip.num_frames
         self.fps = clip.fps
@@ -176,45 +179,35 @@ class JeanModel(Model):
         fx, fy, cx, cy, width, height = [float(v) for v in metadata["jean_intrinsics"]]
         self.register_buffer("intrinsics", torch.tensor([fx, fy, cx, cy]), persistent=False)
         self.image_width, self.image_height = int(width), int(height)
-        background = sources.load_background(clip)  # [3, H, W]
+        background = torch.from_numpy(clip.background()).permute(2, 0, 1).contiguous()  # [3, H, W]
         self.register_buffer("background", background, persistent=False)
         pose_features = head_pose_features(c2w)
         self.register_buffer("pose_mean", pose_features.mean(0), persistent=False)
         self.register_buffer("pose_std", pose_features.std(0).clamp_min(1e-3), persistent=False)
 
-        # ----- audio -----
-        audio = sources.build_audio_source(clip, self.config.audio_encoder_checkpoint)
-        self.audio_spec = audio.spec
-        self.register_buffer("audio_windows", audio.windows, persistent=False)  # [N, W, C]
-        self.register_buffer("silence_window", audio.silence_window, persistent=False)  # [W, C]
+        # ----- the two sources: audio/ and expression/ build them, the conditioners hold them -----
+        audio = build_audio_source(clip, self.config.audio_encoder_checkpoint)
         self.audio = AudioConditioner(
-            audio.encoder,
+            audio,
             code_dim=self.config.audio_code_dim,
             smoothing_frames=self.config.audio_smoothing_frames,
             # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
             train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
         )
 
-        # ----- expression -----
-        expression = sources.build_expression_source(
+        expression = build_expression_source(
             clip,
             kind=self.config.expression_encoder,
             checkpoint=self.config.expression_encoder_checkpoint,
         )
-        self.expression_layout = expression.layout
-        self.register_buffer("expression_inputs", expression.inputs, persistent=False)  # [N, F]
         train_expression = expression.trainable or self.config.expression_encoder_mode == "finetune"
         self.expression = ExpressionConditioner(
-            expression.encoder,
+            expression,
             code_dim=self.config.expression_code_dim,
             train_encoder=train_expression,
-            context_frames=expression.context_frames,
         )
+        # A model attribute (not the conditioner's): its parameters are `expression_objective.*` in every checkpoint.
         self.expression_objective = expression.objective if train_expression else None
-        # What the viewer and the renderer need to edit or replace the expression sequence.
-        self.expression_control_names = list(expression.controls)
-        self.expression_editor = expression.editor
-        self.expression_input_builder = expression.input_builder
 
         # ----- fields -----
         aabb = self.scene_box.aabb
@@ -269,9 +262,16 @@ class JeanModel(Model):
         self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
         self.step = 0
 
-        from jean_nerfstudio.models.viewer_controls import JeanViewerControls
-
-        self.viewer_controls = JeanViewerControls(self)
+        self.viewer_controls = JeanViewerControls(
+            num_frames=self.num_frames,
+            edit_names=self.expression.control_names,
+            training_view=TrainingView(
+                camera_to_worlds=c2w.double(),
+                look_at=self.scene_box.aabb.double().mean(0),
+                fy=fy,
+                image_height=self.image_height,
+            ),
+        )
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
@@ -315,19 +315,18 @@ class JeanModel(Model):
         num_rays = ray_bundle.origins.shape[0]
         if C.META_FRAME_INDEX in metadata:
             index = metadata[C.META_FRAME_INDEX].reshape(num_rays, -1)[:, 0]
-        elif ray_bundle.times is not None:
-            index = ray_bundle.times.reshape(num_rays, -1)[:, 0] * (self.num_frames - 1)
-        else:
-            index = torch.zeros(num_rays, device=ray_bundle.origins.device)
-        return index.round().long().clamp(0, self.num_frames - 1)
+            return index.round().long().clamp(0, self.num_frames - 1)
+        if ray_bundle.times is not None:
+            return C.time_to_frame(ray_bundle.times.reshape(num_rays, -1)[:, 0], self.num_frames)
+        return torch.zeros(num_rays, dtype=torch.long, device=ray_bundle.origins.device)
 
     def audio_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
         """Audio codes of training-clip frames."""
-        return self.audio.codes(self.audio_windows, frames)
+        return self.audio.frame_codes(frames)
 
     def expression_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
         """Expression codes of training-clip frames."""
-        return self.expression.codes(self.expression_inputs, frames)
+        return self.expression.frame_codes(frames)
 
     def ray_conditioning(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Audio code, expression code, head-pose features and normalized pixel position of every ray."""
@@ -419,14 +418,14 @@ class JeanModel(Model):
         every = max(1, self.config.expression_objective_every)
         if self.expression_objective is None or self.config.expression_objective_mult <= 0 or self.step % every:
             return {}
-        terms = self.expression_objective(self.expression.encoder, self.expression_inputs)
+        terms = self.expression_objective(self.expression.encoder, self.expression.inputs)
         return {f"{_OBJECTIVE_PREFIX}{name}": value for name, value in terms.items()}
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
         """Render a camera. Its frame's codes are computed once here (or taken from the viewer controls when moved from
         their defaults) and carried in its metadata, instead of being re-encoded for every chunk of rays."""
-        camera = self.viewer_controls.apply(camera)
+        camera = self.viewer_controls.apply(camera, self.audio, self.expression)
         return super().get_outputs_for_camera(camera, obb_box=obb_box)
 
     @torch.no_grad()
