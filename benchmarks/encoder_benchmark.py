@@ -40,7 +40,23 @@ from common import evaluate_held_out, train  # noqa: E402
 from model_benchmark import nerfacto_pipeline_config, offline_lpips_placeholder  # noqa: E402
 
 
-def jean_config(data: Path, arm: str):
+def parse_model_overrides(items: List[str]) -> Dict[str, Any]:
+    """`name=value` pairs for JeanModelConfig fields (values as Python literals; anything else stays a string)."""
+    import ast
+
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-set {item!r}: expected name=value, e.g. expression_jitter_seconds=0")
+        try:
+            overrides[name.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[name.strip()] = text
+    return overrides
+
+
+def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None):
     import copy
 
     from jean_nerfstudio.jean_config import jean_small_method
@@ -51,6 +67,10 @@ def jean_config(data: Path, arm: str):
     if arm == "per-subject":
         config.pipeline.model.audio_encoder_checkpoint = None
         config.pipeline.model.expression_encoder_checkpoint = None
+    for name, value in (overrides or {}).items():
+        if not hasattr(config.pipeline.model, name):
+            raise SystemExit(f"--model-set {name}: JeanModelConfig has no such field")
+        setattr(config.pipeline.model, name, value)
     return config
 
 
@@ -62,32 +82,57 @@ def resized(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-def opening_series(frames: List[np.ndarray], meter) -> np.ndarray:
+def opening_series(measurements) -> np.ndarray:
     from jean_nerfstudio.contract import LANDMARK_GROUPS
     from jean_nerfstudio.metrics.sync import mouth_opening
 
     groups = LANDMARK_GROUPS["mediapipe"]
-    return np.array([mouth_opening(meter.measure(f).points, groups) for f in frames])
+    return np.array([mouth_opening(m.points, groups) for m in measurements])
+
+
+def measure(frames: List[np.ndarray], meter) -> list:
+    return [meter.measure(f) for f in frames]
+
+
+def jean_eval_sync(fps: float, meter, measurements, waveform: np.ndarray) -> Dict[str, Any]:
+    """jean-eval's own lip-sync numbers for measured render frames (jawOpen vs loudness; the shipped sync model's
+    similarity, offset and confidence). Every arm is scored by the same shipped model, so the numbers compare."""
+    from jean_nerfstudio.eval import EvalConfig, Notes, lip_sync_metrics
+    from jean_nerfstudio.weights import shipped_audio_encoder
+
+    import types
+
+    section: Dict[str, Any] = {}
+    config = EvalConfig(load_config=Path("config.yml"), sync_encoder=shipped_audio_encoder())
+    # With the sync model named, jean-eval needs of the model only the device to score on (the real video has none).
+    scoring = types.SimpleNamespace(device=torch.device("cpu"))
+    lip_sync_metrics(scoring, config, Notes(), meter=meter, measurements=measurements, waveform=waveform,
+                     fps=float(fps), section=section)
+    section.pop("sync_encoder", None)  # a path of this machine
+    return section
 
 
 @torch.no_grad()
 def driven_render(model, waveform: np.ndarray, seconds: float, size: int, expression: str) -> List[np.ndarray]:
     """Frames of the head speaking `waveform` (poses looped from the clip, like jean-render's default)."""
-    from jean_nerfstudio.models.driving import audio_codes_for_waveform, driven_cameras
+    from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.render.cli import render_frames
     from jean_nerfstudio.render.inputs import expression_sequence, pose_sequence
 
-    fps = float(model.fps)
+    driver = JeanDriver(model)
+    fps = driver.fps
     num_frames = int(round(seconds * fps))
-    codes = audio_codes_for_waveform(model, waveform, num_frames, fps)
-    expressions = expression_sequence(model, expression, None, num_frames, fps)
-    c2w, pose_frames = pose_sequence(model, "loop", num_frames, fps)
-    cameras = driven_cameras(model, c2w, codes, expressions, pose_frames, width=size, height=size)
-    return list(render_frames(model, cameras))
+    codes = driver.audio_codes(waveform, num_frames, fps)
+    expressions = expression_sequence(driver, expression, None, num_frames, fps)
+    c2w, pose_frames = pose_sequence(driver, "loop", num_frames, fps)
+    cameras = driver.cameras(c2w, codes, expressions, pose_frames, width=size, height=size)
+    return list(render_frames(driver, cameras))
 
 
-def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int) -> Dict[str, Any]:
-    """The speech-band sync number of the real video (its own frames and audio) at the render resolution."""
+def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int, window_seconds: float) -> Dict[str, Any]:
+    """The speech-band sync number of the real video (its own frames and audio) at the render resolution: over the
+    whole span, and as the mean over consecutive windows as long as the renders (a best-of-lags r on a short series
+    runs higher than on a long one, so the ratio to the renders compares like with like)."""
     from PIL import Image
 
     from jean_nerfstudio.audio.data import clip_waveform
@@ -99,7 +144,28 @@ def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int) -> D
     entries = sorted(clip.transforms["frames"], key=lambda f: int(f["frame_index"]))[:count]
     frames = [resized(np.asarray(Image.open(clip.root / e["file_path"]).convert("RGB")), size) for e in entries]
     waveform = clip_waveform(clip)[: int(round(count / clip.fps * 16000))]
-    return speech_band_sync(opening_series(frames, meter), waveform, 16000, clip.fps).to_dict()
+    measured = measure(frames, meter)
+    reference = speech_band_sync(opening_series(measured), waveform, 16000, clip.fps).to_dict()
+    reference["jean_eval"] = jean_eval_sync(clip.fps, meter, measured, waveform)
+    window = int(round(window_seconds * clip.fps))
+    samples_per_frame = 16000 / clip.fps
+    windows = []
+    for start in range(0, count - window + 1, window):
+        part = speech_band_sync(
+            opening_series(measured[start:start + window]),
+            waveform[int(round(start * samples_per_frame)):int(round((start + window) * samples_per_frame))],
+            16000, clip.fps,
+        )
+        if part.best_correlation is not None:
+            windows.append((part.best_correlation, part.best_lag_frames))
+    if windows:
+        lags = [lag for _, lag in windows]
+        reference["windowed"] = {
+            "window_seconds": window_seconds, "count": len(windows),
+            "mean_best_correlation": round(float(np.mean([r for r, _ in windows])), 4),
+            "median_best_lag_frames": int(np.median(lags)),
+        }
+    return reference
 
 
 def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagnostics: bool) -> Dict[str, Any]:
@@ -111,15 +177,17 @@ def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagno
         audio = load_driving_audio(track, max_seconds=seconds)
         started = time.perf_counter()
         frames = driven_render(model, audio.waveform, audio.duration, size, "own")
-        entry = speech_band_sync(opening_series(frames, meter), audio.waveform, 16000, model.fps).to_dict()
+        measured = measure(frames, meter)
+        entry = speech_band_sync(opening_series(measured), audio.waveform, 16000, model.fps).to_dict()
         entry["render_seconds_per_frame"] = round((time.perf_counter() - started) / max(len(frames), 1), 3)
+        entry["jean_eval"] = jean_eval_sync(model.fps, meter, measured, audio.waveform)
         if diagnostics and k == 0:
             neutral = driven_render(model, audio.waveform, audio.duration, size, "neutral")
-            entry["neutral_expression"] = speech_band_sync(opening_series(neutral, meter), audio.waveform, 16000, model.fps).to_dict()
+            entry["neutral_expression"] = speech_band_sync(opening_series(measure(neutral, meter)), audio.waveform, 16000, model.fps).to_dict()
             silence = np.zeros_like(audio.waveform)
             muted = driven_render(model, silence, audio.duration, size, "own")
             # Against the track that was NOT played: what the looped expression alone does to the mouth.
-            entry["silence"] = speech_band_sync(opening_series(muted, meter), audio.waveform, 16000, model.fps).to_dict()
+            entry["silence"] = speech_band_sync(opening_series(measure(muted, meter)), audio.waveform, 16000, model.fps).to_dict()
         out[track.name] = entry
         print(f"    {track.name}: r {entry['best_correlation']} @ {entry['best_lag_frames']} "
               f"(chance {entry['chance_mean']}, p95 {entry['chance_p95']}), opening std {entry['opening_std']}")
@@ -136,8 +204,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each track rendered")
     parser.add_argument("--size", type=int, default=128, help="render (and real-video reference) resolution")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the neutral-expression and silence renders")
+    parser.add_argument("--model-set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="JeanModelConfig overrides for the jean arms (ablations), e.g. expression_jitter_seconds=0")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    overrides = parse_model_overrides(args.model_set)
     torch.manual_seed(0)
     offline_lpips_placeholder()
 
@@ -147,7 +218,7 @@ def main() -> None:
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "iterations": args.iterations, "eval_frames": args.eval_frames, "seconds_per_track": args.seconds,
-        "render_size": args.size, "tracks": [t.name for t in args.tracks], "clips": {},
+        "render_size": args.size, "tracks": [t.name for t in args.tracks], "model_overrides": overrides, "clips": {},
     }
 
     def save() -> None:
@@ -158,7 +229,7 @@ def main() -> None:
     with FaceMeter() as meter:
         for clip_dir in args.clips:
             name = clip_dir.name
-            entry: Dict[str, Any] = {"real_video": real_video_reference(clip_dir, meter, args.size, int(20 * 25))}
+            entry: Dict[str, Any] = {"real_video": real_video_reference(clip_dir, meter, args.size, int(20 * 25), args.seconds)}
             print(f"{name}: real video {entry['real_video']}")
             results["clips"][name] = entry
             for arm in args.arms:
@@ -167,7 +238,7 @@ def main() -> None:
                     jean_model = jean_config(clip_dir, "shipped").pipeline.model
                     config = nerfacto_pipeline_config(clip_dir, 1024, jean_model)
                 else:
-                    config = jean_config(clip_dir, arm)
+                    config = jean_config(clip_dir, arm, overrides)
                 print(f"{name} / {arm}: training {args.iterations} iterations")
                 run = train(config, "cpu", max_steps=args.iterations)
                 arm_entry: Dict[str, Any] = {

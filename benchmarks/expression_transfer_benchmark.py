@@ -85,14 +85,15 @@ def main() -> None:
     from jean_nerfstudio.audio.io import decode_audio
     from jean_nerfstudio.contract import ProcessedClip
     from jean_nerfstudio.metrics.face import FaceMeter
-    from jean_nerfstudio.models import driving
+    from jean_nerfstudio.models.driving import JeanDriver, ping_pong_indices
     from jean_nerfstudio.render.cli import render_frames, to_image
-    from jean_nerfstudio.render.inputs import clip_camera_to_worlds, model_scene_scale_cm
+    from jean_nerfstudio.render.inputs import clip_camera_to_worlds
     from jean_nerfstudio.render.loading import load_jean
 
     torch.set_grad_enabled(False)
     loaded = load_jean(args.load_config)
     model = loaded.pipeline.model.eval()
+    driver = JeanDriver(model)
     target = ProcessedClip.open(args.target)
     n = target.num_frames
     indices = np.unique(np.linspace(0, n - 1, min(args.frames, n)).round().astype(int))
@@ -100,14 +101,22 @@ def main() -> None:
 
     # Driving signals of the target: its audio through the model's own encoder, its head poses in model units.
     audio = decode_audio(target.audio_path)
-    audio_codes = driving.audio_codes_for_waveform(model, audio.waveform, n, target.fps)[index_t]
-    c2w, _ = clip_camera_to_worlds(args.target, model_scene_scale_cm(model))
+    audio_codes = driver.audio_codes(audio.waveform, n, target.fps)[index_t]
+    c2w, _ = clip_camera_to_worlds(args.target, driver.scene_scale_cm)
     c2w = c2w[torch.as_tensor(indices)]
-    own_frames = torch.as_tensor(driving.ping_pong_indices(n, model.num_frames), device=model.device)[index_t]
+    own_frames = torch.as_tensor(ping_pong_indices(n, driver.num_frames), device=model.device)[index_t]
+
+    def transfer_codes() -> torch.Tensor:
+        # The target's sequence is at the fps the encoder reads it at (resampled for the transformer): pick the
+        # sequence frame at each measured target frame's time.
+        sequence = driver.expression_of_clip(args.target)
+        at = np.minimum(np.floor(indices * sequence.fps / target.fps + 1e-6).astype(int), sequence.num_frames - 1)
+        return driver.expression_codes(sequence.values)[torch.as_tensor(at, device=model.device)]
+
     expression_sources = {
-        "transfer": lambda: driving.expression_codes_for_inputs(model, driving.expression_inputs_from_clip(model, args.target))[index_t],
-        "own": lambda: driving.expression_codes_for_inputs(model, model.expression_inputs)[own_frames],
-        "neutral": lambda: driving.expression_codes_for_inputs(model, driving.neutral_expression_inputs(model, len(indices))),
+        "transfer": transfer_codes,
+        "own": lambda: driver.expression_codes(driver.clip_expression().values)[own_frames],
+        "neutral": lambda: driver.expression_codes(driver.neutral_expression(len(indices))),
     }
 
     upper = [C.MEDIAPIPE_BLENDSHAPES.index(name) for name in C.UPPER_FACE_BLENDSHAPES]
@@ -128,9 +137,9 @@ def main() -> None:
         for source in args.sources:
             started = time.perf_counter()
             width, height = (round(model.image_width * args.scale), round(model.image_height * args.scale))
-            cameras = driving.driven_cameras(model, c2w, audio_codes, expression_sources[source](),
-                                             pose_frames=own_frames.cpu(), width=width, height=height)
-            images = [frame for frame in render_frames(model, cameras, ["rgb"])]
+            cameras = driver.cameras(c2w, audio_codes, expression_sources[source](),
+                                     pose_frames=own_frames.cpu(), width=width, height=height)
+            images = [frame for frame in render_frames(driver, cameras, ["rgb"])]
             seconds = time.perf_counter() - started
             rendered = measure(meter, images)
             both = np.isfinite(rendered[:, 0]) & np.isfinite(real[:, 0])

@@ -95,13 +95,12 @@ class Trainer:
 
 def render_cameras(model, num_frames: int, size: int):
     """Cameras as jean-render builds them: the clip's looped poses, its own audio and expression codes per frame."""
-    from jean_nerfstudio.models.driving import driven_cameras
+    from jean_nerfstudio.models.driving import JeanDriver
 
-    frames = torch.linspace(0, model.num_frames - 1, num_frames).round().long()
-    with torch.no_grad():
-        audio = model.audio_codes_for_frames(frames)
-        expression = model.expression_codes_for_frames(frames)
-    return driven_cameras(model, model.clip_camera_to_worlds[frames], audio, expression, frames, width=size, height=size)
+    driver = JeanDriver(model)
+    frames = torch.linspace(0, driver.num_frames - 1, num_frames).round().long()
+    audio, expression = driver.clip_audio_codes(frames), driver.clip_expression_codes(frames)
+    return driver.cameras(driver.clip_poses()[frames], audio, expression, frames, width=size, height=size)
 
 
 @torch.no_grad()
@@ -121,13 +120,14 @@ def fast_renderer_numbers(
 ) -> Dict[str, Dict[str, float]]:
     """Occupancy build time (as jean-render builds it: the clip's codes and a new track's, `grid`^3 cells, `budget`
     seconds at most) and frame time per size."""
+    from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
 
     cameras = render_cameras(model, frames, max(sizes))
     meta = cameras.metadata
     from jean_nerfstudio import constants as C
 
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=grid, max_build_seconds=budget))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=grid, max_build_seconds=budget))
     start = time.perf_counter()
     renderer.build_occupancy_for_render(meta[C.META_AUDIO_CODE], meta[C.META_EXPRESSION_CODE])
     build = time.perf_counter() - start

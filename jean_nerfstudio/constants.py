@@ -6,7 +6,10 @@ so that a typo is an import error instead of a silently missing feature.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import TYPE_CHECKING, Dict, Tuple
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dataset contract (written by `jean-process`, read by the `jean-data` dataparser). See docs/dataset_contract.md.
@@ -72,6 +75,22 @@ META_AUDIO_CODE = "jean_audio_code"
 """float [Da]: an audio code supplied by a renderer (new audio) or a viewer control; overrides the frame's own."""
 META_EXPRESSION_CODE = "jean_expression_code"
 """float [De]: an expression code supplied by a renderer (expression transfer) or viewer edits."""
+
+
+def frame_to_time(frames, num_frames: int):
+    """Camera time of training-clip frames: frame / (N - 1), so the viewer's time slider spans the clip.
+
+    Works on tensors and arrays alike. The one definition of the frame <-> time convention; `time_to_frame` inverts it.
+
+    >>> frame_to_time(5.0, num_frames=11)
+    0.5
+    """
+    return frames / max(num_frames - 1, 1)
+
+
+def time_to_frame(times: "Tensor", num_frames: int) -> "Tensor":
+    """The training-clip frame (long, clamped to the clip) a camera time stands for; inverse of `frame_to_time`."""
+    return (times * (num_frames - 1)).round().long().clamp(0, max(num_frames - 1, 0))
 
 # ---------------------------------------------------------------------------------------------------------------------
 # MediaPipe's 52 blendshape names, in the landmarker's output order.

@@ -154,6 +154,15 @@ class ProcessedClip:
     def background_path(self) -> Path:
         return self.root / C.BACKGROUND_FILE
 
+    def background(self) -> np.ndarray:
+        """The background plate as float32 RGB in [0, 1], [H, W, 3]."""
+        from PIL import Image
+
+        path = self.background_path
+        if not path.is_file():
+            raise DatasetError(f"{path}: background plate missing; re-run `jean-process` on this dataset with --force.")
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
     @cached_property
     def transforms(self) -> Dict[str, Any]:
         path = self.root / C.TRANSFORMS_FILE
@@ -200,3 +209,12 @@ class ProcessedClip:
         if not available:
             return None
         return [available.index(n) for n in names if n in available]
+
+
+def frame_name(index: int, extension: str) -> str:
+    """Per-frame file name: zero-padded index (the contract's `images/000000.jpg`, `segmentation/000000.png`).
+
+    >>> frame_name(7, "jpg")
+    '000007.jpg'
+    """
+    return f"{index:06d}.{extension}"

@@ -159,18 +159,18 @@ def time_one_frame(pipeline) -> float:
     after a warm-up (the cost is proportional to the pixel count)."""
     import torch
 
-    from jean_nerfstudio.models.driving import driven_cameras
+    from jean_nerfstudio.models.driving import JeanDriver
 
-    model = pipeline.model
-    frame = torch.tensor([model.num_frames // 2])
-    width, height = model.image_width // 2, model.image_height // 2
+    driver = JeanDriver(pipeline.model)
+    frame = torch.tensor([driver.num_frames // 2])
+    full_w, full_h = driver.image_size
+    width, height = full_w // 2, full_h // 2
     with torch.no_grad():
-        codes = (model.clip_camera_to_worlds[frame], model.audio_codes_for_frames(frame),
-                 model.expression_codes_for_frames(frame), frame)
-        model.get_outputs_for_camera(driven_cameras(model, *codes, width=16, height=16))
+        codes = (driver.clip_poses()[frame], driver.clip_audio_codes(frame), driver.clip_expression_codes(frame), frame)
+        driver.render(driver.cameras(*codes, width=16, height=16))
         started = time.perf_counter()
-        model.get_outputs_for_camera(driven_cameras(model, *codes, width=width, height=height))
-    return (time.perf_counter() - started) * (model.image_width * model.image_height) / (width * height)
+        driver.render(driver.cameras(*codes, width=width, height=height))
+    return (time.perf_counter() - started) * (full_w * full_h) / (width * height)
 
 
 def train(config, plan_fn) -> Dict[str, float]:

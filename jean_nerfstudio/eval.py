@@ -19,11 +19,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 import tyro
+
+if TYPE_CHECKING:
+    from jean_nerfstudio.models.jean_model import JeanModel
 
 EVAL_FORMAT_VERSION = 1
 
@@ -96,7 +99,7 @@ class Notes:
             self.reasons[f"{prefix}.{key}"] = reason
 
 
-def evaluate_heldout(model, clip, indices: List[int], config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
+def evaluate_heldout(model: JeanModel, clip, indices: List[int], config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
     from jean_nerfstudio import constants as C
     from jean_nerfstudio.data.dataparser import clip_cameras
     from jean_nerfstudio.metrics import face, identity, image
@@ -179,7 +182,7 @@ def evaluate_heldout(model, clip, indices: List[int], config: EvalConfig, notes:
 # ---------------------------------------------------------------------------------------------------------------------
 # a new audio track
 # ---------------------------------------------------------------------------------------------------------------------
-def resolve_sync_encoder(model, explicit: Optional[Path]) -> Tuple[Optional[Path], Optional[str]]:
+def resolve_sync_encoder(model: JeanModel, explicit: Optional[Path]) -> Tuple[Optional[Path], Optional[str]]:
     """The stage-1 checkpoint to score sync with, or (None, why not)."""
     if explicit is not None:
         return Path(explicit), None
@@ -194,20 +197,21 @@ def resolve_sync_encoder(model, explicit: Optional[Path]) -> Tuple[Optional[Path
         return None, "no stage-1 lip-sync checkpoint: pass --sync-encoder PATH (a jean-train-audio checkpoint)"
 
 
-def evaluate_new_audio(model, config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
+def evaluate_new_audio(model: JeanModel, config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
     """Render the head speaking `config.new_audio` (training poses looped, own expressions) and measure lip sync."""
-    from jean_nerfstudio.models.driving import audio_codes_for_waveform, driven_cameras
+    from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.render.cli import progress_bar, render_frames, write_outputs
     from jean_nerfstudio.render.inputs import expression_sequence, load_driving_audio, pose_sequence
     from jean_nerfstudio.video_io import frame_count_for
 
+    driver = JeanDriver(model)
     audio = load_driving_audio(config.new_audio, max_seconds=config.new_audio_seconds)
-    fps = float(model.fps)
+    fps = driver.fps
     num_frames = frame_count_for(audio.duration, fps)
-    codes = audio_codes_for_waveform(model, audio.waveform, num_frames, fps)
-    expressions = expression_sequence(model, "own", None, num_frames, fps)
-    c2w, pose_frames = pose_sequence(model, "loop", num_frames, fps)
-    cameras = driven_cameras(model, c2w, codes, expressions, pose_frames)
+    codes = driver.audio_codes(audio.waveform, num_frames, fps)
+    expressions = expression_sequence(driver, "own", None, num_frames, fps)
+    c2w, pose_frames = pose_sequence(driver, "loop", num_frames, fps)
+    cameras = driver.cameras(c2w, codes, expressions, pose_frames)
 
     measurements = []
 
@@ -220,12 +224,12 @@ def evaluate_new_audio(model, config: EvalConfig, notes: Notes, meter) -> Dict[s
     output = Path(config.save_renders) / "new_audio.mp4" if config.save_renders is not None else None
     started = time.perf_counter()
     if output is not None:
-        write_outputs(measured(render_frames(model, cameras)), num_frames, fps, audio, output, None,
+        write_outputs(measured(render_frames(driver, cameras)), num_frames, fps, audio, output, None,
                       description=":speaking_head: new audio")
     else:
         with progress_bar(":speaking_head: new audio") as progress:
             task = progress.add_task("new", total=num_frames)
-            for _ in measured(render_frames(model, cameras)):
+            for _ in measured(render_frames(driver, cameras)):
                 progress.advance(task)
     elapsed = time.perf_counter() - started
     section: Dict[str, Any] = {
@@ -240,7 +244,7 @@ def evaluate_new_audio(model, config: EvalConfig, notes: Notes, meter) -> Dict[s
     return section
 
 
-def evaluate_rendered_video(model, config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
+def evaluate_rendered_video(model: JeanModel, config: EvalConfig, notes: Notes, meter) -> Dict[str, Any]:
     """Lip sync of an existing render with sound (e.g. jean-render's mp4): its frames against its own audio track."""
     from jean_nerfstudio.audio.io import decode_audio
     from jean_nerfstudio.render.cli import progress_bar
@@ -264,7 +268,7 @@ def evaluate_rendered_video(model, config: EvalConfig, notes: Notes, meter) -> D
     return section
 
 
-def lip_sync_metrics(model, config: EvalConfig, notes: Notes, meter, measurements, waveform: np.ndarray, fps: float,
+def lip_sync_metrics(model: JeanModel, config: EvalConfig, notes: Notes, meter, measurements, waveform: np.ndarray, fps: float,
                      section: Dict[str, Any]) -> None:
     """jawOpen vs the audio envelope and the stage-1 sync score of measured frames, into `section`."""
     from jean_nerfstudio.metrics import sync

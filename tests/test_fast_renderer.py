@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
 
-from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
+from jean_nerfstudio.models.driving import JeanDriver
+from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig, OccupancyGridMarcher
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def dense_reference(model, origins, directions, audio, expression, samples=1024)
 @torch.no_grad()
 def test_fast_renderer_matches_dense_reference(dense_model):
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, steps_per_box_diagonal=1024))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=32, steps_per_box_diagonal=1024))
     occupied = renderer.build_occupancy_from_training_clip(max_codes=4)
     assert occupied > 0.0
     camera = dense_model.datamanager.train_dataset.cameras[2:3]
@@ -81,7 +82,7 @@ def test_full_frame_matches_reference_renderer(dense_model):
     from jean_nerfstudio.models.jean_model import psnr
 
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=32))
     renderer.build_occupancy_from_training_clip(max_codes=4)
     camera = dense_model.datamanager.train_dataset.cameras[5:6]
     frame = torch.tensor([5])
@@ -100,7 +101,7 @@ def test_full_frame_matches_reference_renderer(dense_model):
 @torch.no_grad()
 def test_rays_missing_the_occupied_region_render_nothing(dense_model):
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=16))
     renderer.build_occupancy_from_training_clip(max_codes=2)
     origins = torch.tensor([[0.0, 0.0, 10.0]])
     away = torch.tensor([[0.0, 0.0, 1.0]])  # pointing away from the box
@@ -114,7 +115,7 @@ def test_rays_missing_the_occupied_region_render_nothing(dense_model):
 def test_occupancy_is_conservative(dense_model, coarse_factor):
     """Probing every cell (1) or coarse to fine (4, what renders use): every dense point lies in an occupied cell."""
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32, dilation=0, coarse_factor=coarse_factor))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=32, dilation=0, coarse_factor=coarse_factor))
     frames = torch.arange(model.num_frames)
     audio, expression = model.audio_codes_for_frames(frames), model.expression_codes_for_frames(frames)
     renderer.build_occupancy(audio[:3], expression[:3], probes_per_cell=4)
@@ -123,13 +124,13 @@ def test_occupancy_is_conservative(dense_model, coarse_factor):
     density = model.field.density_and_geometry(points, audio[:1].expand(20000, -1), expression[:1].expand(20000, -1))["density"][:, 0]
     dense_points = points[density > 10 * renderer.config.density_threshold]
     assert dense_points.shape[0] > 0
-    assert renderer._occupied(dense_points).float().mean() > 0.99
+    assert renderer.grid.occupied(dense_points).float().mean() > 0.99
 
 
 @torch.no_grad()
 def test_render_occupancy_probes_a_bounded_number_of_code_pairs(dense_model, monkeypatch):
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_probe_codes=3))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=16, max_probe_codes=3))
     probed = []
     original = renderer.build_occupancy
     monkeypatch.setattr(renderer, "build_occupancy", lambda a, e, **kw: probed.append(len(a)) or original(a, e, **kw))
@@ -142,9 +143,33 @@ def test_render_occupancy_probes_a_bounded_number_of_code_pairs(dense_model, mon
 def test_build_out_of_time_is_conservative(dense_model):
     """A build that runs out of its time budget marks what it did not probe as occupied: nothing is lost."""
     model = dense_model.model
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=16, max_build_seconds=0.0))
+    renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=16, max_build_seconds=0.0))
     renderer.build_occupancy_from_training_clip(max_codes=2)
     assert renderer.build_truncated and bool(renderer.occupancy.all())
+
+
+@torch.no_grad()
+def test_marcher_takes_any_field_as_closures():
+    """The marcher knows nothing of the model (nerfacc's estimator shape): a constant-density ball given as closures
+    renders the analytic opacity 1 - exp(-density * chord length)."""
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    marcher = OccupancyGridMarcher(aabb, FastRendererConfig(grid_resolution=32, steps_per_box_diagonal=2048, dilation=1))
+    sigma, radius = 2.0, 0.5
+
+    def density(points):
+        return torch.where(points.norm(dim=-1) < radius, torch.full_like(points[:, 0], sigma), torch.zeros_like(points[:, 0]))
+
+    assert 0.0 < marcher.build([density], probes_per_cell=4) < 0.2
+    origins = torch.tensor([[0.0, 0.0, 3.0], [0.3, 0.0, 3.0], [0.0, 0.9, 3.0]])
+    directions = torch.tensor([[0.0, 0.0, -1.0]]).expand(3, -1)
+    out = marcher.render_rays(
+        origins, directions,
+        density_fn=lambda p: (density(p), p),
+        color_fn=lambda geometry, d: torch.ones_like(geometry) * torch.tensor([1.0, 0.5, 0.25]),
+    )
+    chord = 2 * torch.sqrt((radius**2 - origins[:, :2].pow(2).sum(-1)).clamp_min(0))
+    torch.testing.assert_close(out["accumulation"], 1 - torch.exp(-sigma * chord), atol=0.01, rtol=0)
+    torch.testing.assert_close(out["rgb"][:, 1], 0.5 * out["accumulation"])
 
 
 @pytest.mark.gpu
@@ -157,7 +182,7 @@ def test_full_frame_matches_reference_renderer_on_cuda(dense_model):
 
     model = dense_model.model.to("cuda")
     try:
-        renderer = FastRenderer(model, FastRendererConfig(grid_resolution=32))
+        renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=32))
         renderer.build_occupancy_from_training_clip(max_codes=4)
         camera = dense_model.datamanager.train_dataset.cameras[5:6].to("cuda")
         frame = torch.tensor([5], device="cuda")

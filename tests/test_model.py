@@ -89,12 +89,12 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     controls = model.viewer_controls
     default = controls.read()
     # Defaults: the camera's frame's own codes, computed once per camera (not per chunk of rays).
-    applied = controls.apply(camera, default).metadata
+    applied = controls.apply(camera, model.audio, model.expression, default).metadata
     frame = torch.tensor([controls.camera_frame(camera)])
     torch.testing.assert_close(applied[C.META_AUDIO_CODE], model.audio_codes_for_frames(frame))
     torch.testing.assert_close(applied[C.META_EXPRESSION_CODE], model.expression_codes_for_frames(frame))
-    carried = controls.apply(camera, default)
-    assert controls.apply(carried, default) is carried  # codes a renderer put on a camera are kept
+    carried = controls.apply(camera, model.audio, model.expression, default)
+    assert controls.apply(carried, model.audio, model.expression, default) is carried  # codes a renderer put on a camera are kept
     outputs = model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (32, 32, 3)
     assert torch.isfinite(outputs["rgb"]).all() and outputs["rgb"].min() >= 0 and outputs["rgb"].max() <= 1
@@ -102,10 +102,10 @@ def test_full_camera_render_and_viewer_controls(pipeline):
     other = dict(default, audio_source=AUDIO_OTHER, audio_frame=model.num_frames - 1)
     neutral = dict(default, expression_source=EXPR_NEUTRAL)
     for values in (muted, other, neutral):
-        changed = controls.apply(camera, values)
+        changed = controls.apply(camera, model.audio, model.expression, values)
         assert C.META_AUDIO_CODE in changed.metadata and C.META_EXPRESSION_CODE in changed.metadata
     own_code = model.audio_codes_for_frames(torch.tensor([2]))
-    muted_code = controls.apply(camera, muted).metadata[C.META_AUDIO_CODE]
+    muted_code = controls.apply(camera, model.audio, model.expression, muted).metadata[C.META_AUDIO_CODE]
     assert not torch.allclose(own_code, muted_code)
 
 
@@ -129,3 +129,81 @@ def test_head_pose_features_of_identity_pose():
     c2w = torch.eye(4)[:3][None]
     features = head_pose_features(c2w)
     torch.testing.assert_close(features[0], torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0]))
+
+
+def test_jitter_frames_stays_in_range_and_reaches_both_sides():
+    from jean_nerfstudio.models.jean_model import jitter_frames
+
+    torch.manual_seed(0)
+    frames = torch.tensor([0, 5, 9]).repeat(200)
+    moved = jitter_frames(frames, 2, num_frames=10)
+    offsets = moved - frames
+    assert moved.min() >= 0 and moved.max() <= 9
+    assert offsets.abs().max() <= 2
+    assert set(offsets[frames == 5].tolist()) == {-2, -1, 0, 1, 2}
+    assert torch.equal(jitter_frames(frames, 0, num_frames=10), frames)
+
+
+def test_expression_codes_are_jittered_in_training_only(pipeline):
+    """Training draws each ray's expression code from a nearby frame (so it cannot index frames); renders do not."""
+    model = pipeline.model
+    assert model.config.expression_jitter_seconds > 0
+    assert round(model.config.expression_jitter_seconds * model.fps) >= 1, "the synthetic clip's fps is too low to test"
+    bundle = eval_rays(pipeline, 3, [(16, 16)] * 64)
+    torch.manual_seed(0)
+    try:
+        model.train()
+        trained = model.ray_conditioning(bundle)["expression"]
+    finally:
+        model.eval()
+    rendered = model.ray_conditioning(bundle)["expression"]
+    assert torch.allclose(rendered, rendered[:1].expand_as(rendered))
+    distinct = torch.unique(trained.detach().round(decimals=5), dim=0).shape[0]
+    assert distinct > 1
+    # The audio code is never jittered: it carries the mouth.
+    model.train()
+    try:
+        audio = model.ray_conditioning(bundle)["audio"]
+    finally:
+        model.eval()
+    assert torch.allclose(audio, audio[:1].expand_as(audio))
+
+
+def test_expression_attention_on_the_mouth_is_penalized(pipeline):
+    """The mirror of the audio-attention term: expression attention on mouth pixels costs, and its gradient reaches
+    the field's attention network (nowhere else is it pushed off the mouth)."""
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    labels = batch["labels"].reshape(-1)
+    assert (labels == C.LABEL_MOUTH).any(), "the synthetic batch has no mouth pixels"
+    model.train()
+    try:
+        outputs = model(ray_bundle)
+        metrics = model.get_metrics_dict(outputs, batch)
+        losses = model.get_loss_dict(outputs, batch, metrics)
+    finally:
+        model.eval()
+    term = losses["expression_mouth_attention_loss"]
+    mouth = labels == C.LABEL_MOUTH
+    expected = model.config.expression_mouth_attention_loss_mult * outputs["expression_attention_raw"][mouth, 0].mean()
+    torch.testing.assert_close(term, expected)
+    model.zero_grad()
+    term.backward()
+    grads = [p.grad for p in model.field.attention.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+
+
+def test_frame_and_camera_time_convert_both_ways(pipeline):
+    """One convention (constants.frame_to_time) for the dataparser's cameras, the model's rays, the viewer and the
+    driver: every frame survives the round trip, and the dataparser's times are exactly it."""
+    from jean_nerfstudio.models.driving import JeanDriver
+
+    model = pipeline.model
+    frames = torch.arange(model.num_frames)
+    driver = JeanDriver(model)
+    assert torch.equal(driver.frame_of_time(driver.time_of_frame(frames)), frames)
+    assert torch.equal(C.time_to_frame(C.frame_to_time(frames.float(), model.num_frames), model.num_frames), frames)
+    cameras = pipeline.datamanager.train_dataset.cameras
+    torch.testing.assert_close(cameras.times[:, 0], C.frame_to_time(torch.arange(cameras.size).float(), model.num_frames))
+    assert model.viewer_controls.camera_frame(cameras[3:4]) == 3

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
 
 from jean_nerfstudio import constants as C
-from jean_nerfstudio.models import driving
+from jean_nerfstudio.models.driving import JeanDriver
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def pipeline(tiny_dataset):
 def test_windowed_codes_equal_whole_sequence_codes(pipeline):
     """Long clips are encoded one receptive-field window per requested frame; that must equal the whole sequence."""
     model = pipeline.model.eval()
-    clip = model.expression_inputs
+    clip = model.expression.inputs
     long = torch.cat([clip, clip.flip(0)] * 6, dim=0)  # longer than 4 receptive fields: the windowed path runs
     r = model.expression.context_frames
     assert r == model.expression.encoder.receptive_radius and long.shape[0] > 4 * r + 8
@@ -46,15 +46,54 @@ def test_training_step_includes_the_disentanglement_objective(pipeline):
 @torch.no_grad()
 def test_named_edits_and_transfer(pipeline, tiny_dataset):
     model = pipeline.model.eval()
-    assert {"smile", "blink", "brow_raise"} <= set(model.expression_control_names)
+    assert {"smile", "blink", "brow_raise"} <= set(model.expression.control_names)
     camera = pipeline.datamanager.train_dataset.cameras[1:2]
     controls = model.viewer_controls
     values = controls.read()
     values["edits"]["smile"] = 1.0
-    edited = controls.apply(camera, values)
+    edited = controls.apply(camera, model.audio, model.expression, values)
     own = model.expression_codes_for_frames(torch.tensor([1]))
     assert not torch.allclose(edited.metadata[C.META_EXPRESSION_CODE], own)
-    other = driving.expression_inputs_from_clip(model, tiny_dataset)
-    assert other.shape == model.expression_inputs.shape
-    codes = driving.expression_codes_for_inputs(model, other)
-    torch.testing.assert_close(codes, model.expression.sequence_codes(model.expression_inputs), rtol=1e-4, atol=1e-4)
+    driver = JeanDriver(model)
+    other = driver.expression_of_clip(tiny_dataset)
+    assert other.values.shape == model.expression.inputs.shape and other.fps == driver.fps
+    codes = driver.expression_codes(other.values)
+    torch.testing.assert_close(codes, model.expression.sequence_codes(model.expression.inputs), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "mlp"])
+@torch.no_grad()
+def test_expression_transfer_plays_another_frame_rate_at_its_own_speed(synthetic_dataset, tmp_path, kind):
+    """A head trained on a 25 fps clip, driven by the expressions of a 50 fps clip, rendered at 25 fps: output frame i
+    (at i / 25 s) must show the other clip as it was at i / 25 s, i.e. its frame 2i, whichever encoder reads it.
+
+    The transformer reads inputs at the head's fps, so the other clip comes back resampled to 25 fps (its frame 2i is
+    sequence frame i); the per-frame mlp reads them as recorded (50 fps). The codes were once resampled to 25 fps and
+    then played as if still at 50 fps: twice too fast."""
+    from conftest import TINY_MODEL, small_pipeline_config
+    from synthetic_dataset import write_synthetic_dataset
+
+    from jean_nerfstudio.contract import ProcessedClip
+    from jean_nerfstudio.render.inputs import expression_sequence
+
+    other = write_synthetic_dataset(tmp_path / "other_50fps", num_frames=30, size=32, fps=50.0, seed=3)
+    torch.manual_seed(0)
+    config = small_pipeline_config(synthetic_dataset, expression_encoder=kind, **TINY_MODEL)
+    model = config.pipeline.setup(device="cpu", test_mode="val").model.eval()
+    driver = JeanDriver(model)
+    assert driver.fps == 25.0 and ProcessedClip.open(other).fps == 50.0
+
+    sequence = driver.expression_of_clip(other)
+    played = expression_sequence(driver, "own", other, num_frames=10, fps=25.0)
+    at_same_time = torch.arange(10) * 2  # the other clip's frame at each output frame's time
+    if kind == "transformer":
+        from jean_nerfstudio.expression.inputs import expression_inputs
+
+        assert sequence.fps == 25.0 and sequence.num_frames == 15  # 0.58 s of 50 fps frames, at 25 fps
+        recorded = expression_inputs(ProcessedClip.open(other)).values.float()  # the other clip at its own 50 fps
+        torch.testing.assert_close(sequence.values[:10], recorded[at_same_time], rtol=1e-4, atol=1e-4)
+        expected = driver.expression_codes(sequence.values)[:10]
+    else:
+        assert sequence.fps == 50.0 and sequence.num_frames == 30
+        expected = driver.expression_codes(sequence.values)[at_same_time]
+    torch.testing.assert_close(played, expected)

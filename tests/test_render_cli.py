@@ -16,6 +16,7 @@ import pytest
 import torch
 from render_helpers import as_face_alignment_layout, nerfacto_config, speech_like_wav, train_tiny_model
 
+from jean_nerfstudio.models.driving import JeanDriver
 from jean_nerfstudio.render.cli import entrypoint
 from jean_nerfstudio.render.inputs import camera_path_frames, pose_sequence, source_frames
 from jean_nerfstudio.video_io import probe
@@ -180,10 +181,11 @@ def test_sequences_play_forward_and_back_at_their_own_speed(tiny):
 
     _, pipeline, _, _ = eval_setup(tiny, test_mode="inference")
     model = pipeline.model
-    c2w, frames = pose_sequence(model, "loop", 30, 25.0)
+    driver = JeanDriver(model)
+    c2w, frames = pose_sequence(driver, "loop", 30, 25.0)
     expected = source_frames(30, 25.0, 25.0, model.num_frames)
     torch.testing.assert_close(c2w, model.clip_camera_to_worlds[torch.as_tensor(expected)].cpu())
-    static, _ = pose_sequence(model, "static", 5, 25.0)
+    static, _ = pose_sequence(driver, "static", 5, 25.0)
     assert torch.equal(static, model.clip_camera_to_worlds[model.num_frames // 2].expand(5, 3, 4).cpu())
 
 

@@ -83,7 +83,7 @@ def test_time_slider_renders_each_frame_with_its_own_audio_and_expression(synthe
     with torch.no_grad():
         renders = {}
         for frame in (2, last - 1):
-            applied = model.viewer_controls.apply(camera(frame)).metadata
+            applied = model.viewer_controls.apply(camera(frame), model.audio, model.expression).metadata
             own = torch.tensor([frame])
             torch.testing.assert_close(applied[C.META_AUDIO_CODE], model.audio_codes_for_frames(own))
             torch.testing.assert_close(applied[C.META_EXPRESSION_CODE], model.expression_codes_for_frames(own))

@@ -84,22 +84,24 @@ def measure_rendering(
     renderer on held-out frames, and the reference renderer's FPS."""
     from PIL import Image
 
+    from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
     from jean_nerfstudio.models.jean_model import psnr
 
     model = pipeline.model.eval()
-    renderer = FastRenderer(model, FastRendererConfig(grid_resolution=grid_resolution))
+    driver = JeanDriver(model)
+    renderer = FastRenderer(driver, FastRendererConfig(grid_resolution=grid_resolution))
     synchronize(device)
     start = time.perf_counter()
     occupied = renderer.build_occupancy_from_training_clip(max_codes=occupancy_codes)
     synchronize(device)
     occupancy_seconds = time.perf_counter() - start
 
-    n = model.num_frames
-    poses = model.clip_camera_to_worlds
+    n = driver.num_frames
+    poses = driver.clip_poses().to(model.device)
     frame_ids = torch.arange(frames + 5, device=model.device) % n
-    audio = model.audio_codes_for_frames(frame_ids)
-    expression = model.expression_codes_for_frames(frame_ids)
+    audio = driver.clip_audio_codes(frame_ids)
+    expression = driver.clip_expression_codes(frame_ids)
     times: List[float] = []
     last = None
     for k in range(frames + 5):

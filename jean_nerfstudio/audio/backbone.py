@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from jean_nerfstudio.audio.frontend import FrontEndError
+from jean_nerfstudio.audio.errors import FrontEndError
 from jean_nerfstudio.constants import AUDIO_SAMPLE_RATE
 
 

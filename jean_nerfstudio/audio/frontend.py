@@ -18,8 +18,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from jean_nerfstudio.audio.errors import FrontEndError
 from jean_nerfstudio.constants import AUDIO_SAMPLE_RATE
-from jean_nerfstudio.errors import UserError
+
+__all__ = [
+    "BACKBONE_KINDS", "FrontEndError", "FrontEndKind", "FrontEndSpec", "LogMel", "MelSettings", "compute_frame_windows", "frame_windows",
+    "normalize_features", "normalize_utterance", "resolve_frontend", "silence_value", "waveform_to_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -167,10 +172,6 @@ def waveform_to_windows(
 # ---------------------------------------------------------------------------------------------------------------------
 # Any front end: the description recorded in checkpoints, and the one waveform -> windows function.
 # ---------------------------------------------------------------------------------------------------------------------
-class FrontEndError(UserError, ValueError):
-    """A front end cannot be built as described (bad backbone, layer out of range). One-line message."""
-
-
 FrontEndKind = Literal["mel", "wav2vec2", "hubert"]
 BACKBONE_KINDS = ("wav2vec2", "hubert")
 

@@ -94,7 +94,6 @@ def clip_cameras(clip: ProcessedClip, indices: List[int]) -> Cameras:
     frames = {int(f["frame_index"]): f for f in transforms["frames"]}
     c2w = torch.tensor([frames[i]["transform_matrix"] for i in indices], dtype=torch.float32)[:, :3, :4]
     n = len(indices)
-    last = max(clip.num_frames - 1, 1)
     return Cameras(
         camera_to_worlds=c2w,
         fx=float(transforms["fl_x"]),
@@ -104,7 +103,7 @@ def clip_cameras(clip: ProcessedClip, indices: List[int]) -> Cameras:
         width=int(transforms["w"]),
         height=int(transforms["h"]),
         camera_type=CameraType.PERSPECTIVE,
-        times=torch.tensor(indices, dtype=torch.float32)[:, None] / last,
+        times=C.frame_to_time(torch.tensor(indices, dtype=torch.float32)[:, None], clip.num_frames),
         metadata={C.META_POSE: c2w.reshape(n, 12)},
     )
 

@@ -11,6 +11,7 @@ Modules, one job each:
 - `controls`: named viewer edits (smile, brow raise, blink, ...) of the encoder's input.
 - `transfer`: another clip's expression sequence, checked and resampled for a trained head.
 - `checkpoint`: save/load with the input-layout signature and the probe numbers.
+- `source`: the NeRF model's expression source, one factory for the transformer and the per-frame mlp.
 - `train`, `train_cli`: pre-training on processed clips (`jean-train-expression`).
 
 See docs/expression_encoder.md. Nothing here is imported at plugin discovery time except by the model that uses it.

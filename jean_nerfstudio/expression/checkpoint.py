@@ -159,21 +159,26 @@ def load_expression_encoder(
 
 def build_expression_encoder(
     inputs: ExpressionInputs,
-    checkpoint: Optional[Path | str] = None,
+    checkpoint: Optional[Path | str | ExpressionCheckpoint] = None,
     encoder_config: Optional[ExpressionEncoderConfig] = None,
     objective_config: Optional[ExpressionObjectiveConfig] = None,
 ) -> Tuple[ExpressionEncoder, ExpressionObjective]:
     """The encoder and objective the NeRF model trains end to end on one clip.
 
-    From a checkpoint (layout checked against `inputs`, run at the clip's fps, decoder kept; `objective_config`
-    replaces the checkpoint's loss weights if given), or from scratch (`encoder_config`, input normalization fitted on
+    From a checkpoint (a path, or one already loaded with `load_expression_encoder`: its layout is checked against
+    `inputs`, the encoder runs at the clip's fps, the decoder is kept; `objective_config` replaces the checkpoint's loss
+    weights if given), or from scratch (`encoder_config`, input normalization fitted on
     the clip's training frames). Both are returned in train mode; freeze the encoder with `requires_grad_(False)`.
 
     >>> encoder, objective = build_expression_encoder(inputs)  # doctest: +SKIP
     >>> codes = encoder(inputs.values)  # [N, D]  # doctest: +SKIP
     """
     if checkpoint is not None:
-        loaded = load_expression_encoder(checkpoint, fps=inputs.fps)
+        if isinstance(checkpoint, ExpressionCheckpoint):
+            loaded = checkpoint
+            loaded.encoder.set_fps(inputs.fps)
+        else:
+            loaded = load_expression_encoder(checkpoint, fps=inputs.fps)
         loaded.check_inputs(inputs)
         encoder, objective = loaded.encoder, loaded.objective
         if objective_config is not None:

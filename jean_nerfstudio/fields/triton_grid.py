@@ -26,14 +26,23 @@ CPU test suite compare them with the reference (`tests/test_triton_grid.py`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Any, Optional, Protocol, Sequence, Tuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from jean_nerfstudio.fields.hash_grid import HashGrid
+
+class GridLayout(Protocol):
+    """What the kernels read of a grid (`hash_grid.HashGrid` has it; typed structurally so that this module, which the
+    grid's backend choice imports, does not import the grid back)."""
+
+    levels: Sequence[Any]
+    """Per level: `scale`, `resolution`, `size`, `offset`, `hashed` (`hash_grid.GridLevel`)."""
+    num_dims: int
+    features_per_level: int
+    out_dim: int
+    params: Tensor
 
 try:  # Triton comes with torch's CUDA wheels; a CPU-only torch build may lack it.
     import triton
@@ -266,7 +275,7 @@ if TRITON_AVAILABLE:
 class LevelTables:
     """The per-level constants the kernels read, as device tensors (built once per grid and device)."""
 
-    def __init__(self, grid: "HashGrid", device: torch.device) -> None:
+    def __init__(self, grid: GridLayout, device: torch.device) -> None:
         levels = grid.levels
         self.scales = torch.tensor([lv.scale for lv in levels], dtype=torch.float32, device=device)
         self.resolutions = torch.tensor([lv.resolution & 0x7FFFFFFF for lv in levels], dtype=torch.int32, device=device)
@@ -328,7 +337,7 @@ class _TritonGridEncode(torch.autograd.Function):
 
 
 def triton_encode(
-    grid: "HashGrid", positions: Float[Tensor, "*bs D"], levels: Optional[LevelTables] = None
+    grid: GridLayout, positions: Float[Tensor, "*bs D"], levels: Optional[LevelTables] = None
 ) -> Float[Tensor, "*bs out"]:
     """Encode positions with `grid`'s weights through the Triton kernels (output in the table's dtype)."""
     if not TRITON_AVAILABLE:

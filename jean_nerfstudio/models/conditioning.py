@@ -1,44 +1,31 @@
-"""Per-frame audio and expression codes for the head field.
+"""Per-frame audio and expression codes for the head field: the model's two sources.
 
-Both conditioners turn a *sequence* (audio windows, expression inputs) into one code per frame, and the model gathers
-each ray's code by the frame it belongs to. A frame's code depends only on the sequence, never on which other rays
-share the batch: the encoders are per-frame (audio) or windowed over the sequence (expression), and no layer
-normalizes across the batch.
+Each conditioner holds one encoder package's source record (`audio.source.AudioSource`,
+`expression.source.ExpressionSource`): the clip's sequence (audio windows, expression inputs) as a buffer that follows
+the model's device, the encoder, and what makes the same sequence from new material (a waveform's windows, another
+clip's inputs). Both turn a *sequence* into one code per frame, and the model gathers each ray's code by the frame it
+belongs to. A frame's code depends only on the sequence, never on which other rays share the batch: the encoders are
+per-frame (audio) or windowed over the sequence (expression), and no layer normalizes across the batch.
+
+Only the encoders and the small heads here have parameters; their state-dict names (`audio.encoder.*`,
+`audio.smoother.*`, `audio.projection.*`, `expression.encoder.*`, `expression.projection.*`) are those of every trained
+run, so checkpoints keep loading. The sequences are non-persistent buffers (rebuilt from the dataset at load).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Mapping, Optional
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-
-class MelWindowNet(nn.Module):
-    """The per-subject fallback audio encoder: a small temporal CNN over one log-mel window.
-
-    Used when no stage-1 (lip-aligned, multi-speaker) audio encoder checkpoint is given; it is trained with the head.
-
-    >>> net = MelWindowNet(channels=80, window=32)
-    >>> net(torch.randn(7, 32, 80)).shape
-    torch.Size([7, 64])
-    """
-
-    def __init__(self, channels: int, window: int, output_dim: int = 64, hidden: int = 64) -> None:
-        super().__init__()
-        self.output_dim = output_dim
-        layers: list[nn.Module] = []
-        in_ch, length = channels, window
-        while length > 2:
-            layers += [nn.Conv1d(in_ch, hidden, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.02, inplace=True)]
-            in_ch, length = hidden, (length + 1) // 2
-        self.conv = nn.Sequential(*layers)
-        self.out = nn.Linear(hidden * length if layers else channels * window, output_dim)
-
-    def forward(self, windows: Float[Tensor, "batch window channels"]) -> Float[Tensor, "batch out"]:
-        h = self.conv(windows.transpose(1, 2))  # [B, hidden, L]
-        return self.out(h.flatten(1))
+from jean_nerfstudio import constants as C
+from jean_nerfstudio.audio.frontend import FrontEndSpec, compute_frame_windows
+from jean_nerfstudio.audio.source import AudioSource
+from jean_nerfstudio.contract import ProcessedClip
+from jean_nerfstudio.expression.source import ExpressionSequence, ExpressionSource
 
 
 class TemporalSmoother(nn.Module):
@@ -63,26 +50,34 @@ class TemporalSmoother(nn.Module):
 
 
 class AudioConditioner(nn.Module):
-    """Audio windows of a sequence -> per-frame audio codes.
+    """The model's audio source: the clip's audio windows -> per-frame audio codes, and the same for new audio.
 
     Args:
-        encoder: windows [M, W, C] -> features [M, E]; has `output_dim`. A stage-1 checkpoint or `MelWindowNet`.
+        source: the clip's windows, the encoder (windows [M, W, C] -> features [M, E], with `output_dim`; a stage-1
+            checkpoint or `MelWindowNet`) and the front end that made the windows.
         code_dim: size of the code the head field receives.
         smoothing_frames: K; each code looks at frames t-K..t+K.
         train_encoder: whether gradients reach the encoder (a frozen stage-1 encoder keeps its lip alignment).
     """
 
-    def __init__(self, encoder: nn.Module, code_dim: int, smoothing_frames: int = 4, train_encoder: bool = True) -> None:
+    def __init__(self, source: AudioSource, code_dim: int, smoothing_frames: int = 4, train_encoder: bool = True) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder = source.encoder
+        self.frontend: FrontEndSpec = source.frontend
+        self.register_buffer("windows", source.windows, persistent=False)  # [N, W, C]
+        self.register_buffer("silence_window", source.silence_window, persistent=False)  # [W, C]
         self.train_encoder = train_encoder
         if not train_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
-        feature_dim = int(getattr(encoder, "output_dim"))
+        feature_dim = int(getattr(self.encoder, "output_dim"))
         self.smoothing_frames = smoothing_frames
         self.smoother = TemporalSmoother(feature_dim, 2 * smoothing_frames + 1)
         self.projection = nn.Linear(feature_dim, code_dim)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.windows.shape[0])
 
     def train(self, mode: bool = True) -> "AudioConditioner":
         super().train(mode)
@@ -106,52 +101,67 @@ class AudioConditioner(nn.Module):
         features = self.encode_windows(windows[unique])[inverse]  # [B, 2K+1, E]
         return self.projection(self.smoother(features))
 
+    def frame_codes(self, frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
+        """Codes of frames of the clip."""
+        return self.codes(self.windows, frames)
+
     def sequence_codes(self, windows: Float[Tensor, "frames window channels"], chunk: int = 512) -> Float[Tensor, "frames code"]:
         """Codes of every frame of a sequence (rendering new audio)."""
         frames = torch.arange(windows.shape[0], device=windows.device)
         return torch.cat([self.codes(windows, f) for f in frames.split(chunk)], dim=0)
 
+    def windows_for(
+        self, waveform: Float[np.ndarray, "samples"], num_frames: int, fps: float
+    ) -> Float[Tensor, "frames window channels"]:
+        """Per-video-frame windows of any 16 kHz mono waveform, through the clip's own front end (on the model's
+        device)."""
+        windows = compute_frame_windows(self.frontend, waveform, C.AUDIO_SAMPLE_RATE, num_frames, fps)
+        return windows.to(self.windows.device)
 
-class FrameMLPExpressionEncoder(nn.Module):
-    """The simple expression encoder: each frame's non-speech expression inputs through a small MLP.
+    def waveform_codes(self, waveform: Float[np.ndarray, "samples"], num_frames: int, fps: float) -> Float[Tensor, "frames code"]:
+        """Codes of `num_frames` video frames at `fps` of a 16 kHz mono waveform (exactly as for the clip's audio)."""
+        return self.sequence_codes(self.windows_for(waveform, num_frames, fps))
 
-    No temporal context; kept as the light option (and the ablation baseline) next to the transformer.
-    """
-
-    def __init__(self, input_dim: int, output_dim: int = 32, hidden: int = 64) -> None:
-        super().__init__()
-        self.output_dim = output_dim
-        self.net = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, output_dim),
-        )
-
-    def forward(self, inputs: Float[Tensor, "frames features"]) -> Float[Tensor, "frames out"]:
-        return self.net(inputs)
+    def silence_code(self) -> Float[Tensor, "1 code"]:
+        """The code of a frame in digital silence (every neighbour silent too)."""
+        k = self.smoothing_frames
+        silence = self.silence_window[None].expand(2 * k + 1, -1, -1)
+        return self.codes(silence, torch.tensor([k], device=silence.device))
 
 
 class ExpressionConditioner(nn.Module):
-    """Expression inputs of a sequence -> per-frame expression codes.
+    """The model's expression source: the clip's expression inputs -> per-frame expression codes; edits of them;
+    another clip's inputs (expression transfer).
 
     Args:
-        encoder: inputs [T, F] -> [T, D] (sequence-aware, e.g. the windowed transformer); has `output_dim`.
+        source: the clip's inputs, the encoder (inputs [T, F] -> [T, D], sequence-aware for the transformer; with
+            `output_dim`), its receptive field, layout, edits and the builder of another clip's inputs.
         code_dim: size of the code the head field receives.
         train_encoder: whether gradients reach the encoder.
-        context_frames: how many frames on each side influence a frame's code (the encoder's receptive field);
-            used to encode only the needed part of a long sequence. None: always encode the whole sequence.
     """
 
-    def __init__(
-        self, encoder: nn.Module, code_dim: int, train_encoder: bool = True, context_frames: Optional[int] = None
-    ) -> None:
+    def __init__(self, source: ExpressionSource, code_dim: int, train_encoder: bool = True) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder = source.encoder
+        self.register_buffer("inputs", source.inputs, persistent=False)  # [N, F]
+        self.fps = float(source.fps)
+        # What the inputs are (another clip must match it to drive this model) and the viewer's named edits of them.
+        self.layout: Dict[str, object] = dict(source.layout)
+        self.control_names: List[str] = list(source.controls)
+        self._editor = source.editor
+        self._sequence_of = source.sequence_of
         self.train_encoder = train_encoder
-        self.context_frames = context_frames
+        # How many frames on each side influence a frame's code: used to encode only the needed part of a long
+        # sequence (0: per-frame).
+        self.context_frames: Optional[int] = source.context_frames
         if not train_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
-        self.projection = nn.Linear(int(getattr(encoder, "output_dim")), code_dim)
+        self.projection = nn.Linear(int(getattr(self.encoder, "output_dim")), code_dim)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.inputs.shape[0])
 
     def train(self, mode: bool = True) -> "ExpressionConditioner":
         super().train(mode)
@@ -185,5 +195,35 @@ class ExpressionConditioner(nn.Module):
                 encoded = self.encoder(windows, valid=valid)
         return self.projection(encoded[:, r])
 
+    def frame_codes(self, frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
+        """Codes of frames of the clip."""
+        return self.codes(self.inputs, frames)
+
     def sequence_codes(self, inputs: Float[Tensor, "frames features"]) -> Float[Tensor, "frames code"]:
+        """Codes of every frame of a sequence, encoded whole."""
         return self.projection(self.encode(inputs))
+
+    def clip_sequence(self) -> ExpressionSequence:
+        """The clip's own inputs and their fps."""
+        return ExpressionSequence(self.inputs, self.fps)
+
+    def neutral_inputs(self, num_frames: int) -> Float[Tensor, "frames features"]:
+        """The clip's median expression, held for `num_frames` frames."""
+        return self.inputs.median(dim=0, keepdim=True).values.expand(num_frames, -1)
+
+    def edited(self, inputs: Float[Tensor, "frames features"], amounts: Mapping[str, float]) -> Float[Tensor, "frames features"]:
+        """`inputs` with the named edits applied ({control: amount}); unchanged when the layout has no named edits."""
+        amounts = {k: v for k, v in amounts.items() if abs(v) > 1e-6}
+        if not amounts or self._editor is None:
+            return inputs
+        return self._editor(inputs, amounts)
+
+    def sequence_of(self, clip: ProcessedClip) -> ExpressionSequence:
+        """Another processed clip's inputs in this layout, with the fps they are at (expression transfer).
+
+        Raises:
+            DatasetError: its landmark layout or channel count differs from the clip's.
+            ExpressionLayoutError: (transformer) its channel layout differs from the encoder's.
+        """
+        sequence = self._sequence_of(clip)
+        return ExpressionSequence(sequence.values.to(self.inputs.device), sequence.fps)

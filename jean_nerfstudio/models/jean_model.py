@@ -34,10 +34,13 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.audio.source import build_audio_source
+from jean_nerfstudio.contract import ProcessedClip
+from jean_nerfstudio.expression.source import build_expression_source
 from jean_nerfstudio.fields.jean_field import ConditionedProposalField, JeanHeadField
 from jean_nerfstudio.fields.torso_field import TorsoField
-from jean_nerfstudio.models import sources
 from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
+from jean_nerfstudio.models.viewer_controls import JeanViewerControls, TrainingView
 
 
 _OBJECTIVE_PREFIX = "expression_objective/"
@@ -120,6 +123,11 @@ class JeanModelConfig(ModelConfig):
     """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
     expression_objective_every: int = 4
     """Evaluate that objective every this many steps (it encodes the whole clip; the codes change slowly)."""
+    expression_jitter_seconds: float = 0.12
+    """In training, each ray's expression code is that of a random frame up to this far from its own. Expressions
+    change slowly, so the jitter costs them little; phonemes (3-8 Hz) do not survive it, so the expression code
+    cannot act as a frame index that memorizes each frame's mouth: the mouth has to be learned from the audio, which
+    is what drives it with new speech. Without it, renders driven by silence moved the mouth 3/4 as much as speech."""
 
     # ----- torso -----
     torso_levels: int = 12
@@ -142,6 +150,9 @@ class JeanModelConfig(ModelConfig):
     """Keeps the conditioned deformation small (mean squared offset, in scene units)."""
     audio_attention_loss_mult: float = 0.01
     """Penalizes audio attention on head pixels outside the mouth region (audio acts on the mouth)."""
+    expression_mouth_attention_loss_mult: float = 0.01
+    """Penalizes expression attention on mouth-region pixels (the mirror of the audio term): the speech-driven mouth
+    is the audio's; the expression code keeps what it must there (a smile) at a small price."""
 
 
 class JeanModel(Model):
@@ -157,7 +168,7 @@ class JeanModel(Model):
         metadata = self.kwargs.get("metadata") or {}
         if "jean_clip_root" not in metadata:
             raise ValueError("JeanModel needs the `jean-data` dataparser (metadata 'jean_clip_root' missing).")
-        clip = sources.open_clip(Path(metadata["jean_clip_root"]))
+        clip = ProcessedClip.open(Path(metadata["jean_clip_root"]))
         self.clip_root = clip.root
         self.num_frames = clip.num_frames
         self.fps = clip.fps
@@ -168,45 +179,35 @@ class JeanModel(Model):
         fx, fy, cx, cy, width, height = [float(v) for v in metadata["jean_intrinsics"]]
         self.register_buffer("intrinsics", torch.tensor([fx, fy, cx, cy]), persistent=False)
         self.image_width, self.image_height = int(width), int(height)
-        background = sources.load_background(clip)  # [3, H, W]
+        background = torch.from_numpy(clip.background()).permute(2, 0, 1).contiguous()  # [3, H, W]
         self.register_buffer("background", background, persistent=False)
         pose_features = head_pose_features(c2w)
         self.register_buffer("pose_mean", pose_features.mean(0), persistent=False)
         self.register_buffer("pose_std", pose_features.std(0).clamp_min(1e-3), persistent=False)
 
-        # ----- audio -----
-        audio = sources.build_audio_source(clip, self.config.audio_encoder_checkpoint)
-        self.audio_spec = audio.spec
-        self.register_buffer("audio_windows", audio.windows, persistent=False)  # [N, W, C]
-        self.register_buffer("silence_window", audio.silence_window, persistent=False)  # [W, C]
+        # ----- the two sources: audio/ and expression/ build them, the conditioners hold them -----
+        audio = build_audio_source(clip, self.config.audio_encoder_checkpoint)
         self.audio = AudioConditioner(
-            audio.encoder,
+            audio,
             code_dim=self.config.audio_code_dim,
             smoothing_frames=self.config.audio_smoothing_frames,
             # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
             train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
         )
 
-        # ----- expression -----
-        expression = sources.build_expression_source(
+        expression = build_expression_source(
             clip,
             kind=self.config.expression_encoder,
             checkpoint=self.config.expression_encoder_checkpoint,
         )
-        self.expression_layout = expression.layout
-        self.register_buffer("expression_inputs", expression.inputs, persistent=False)  # [N, F]
         train_expression = expression.trainable or self.config.expression_encoder_mode == "finetune"
         self.expression = ExpressionConditioner(
-            expression.encoder,
+            expression,
             code_dim=self.config.expression_code_dim,
             train_encoder=train_expression,
-            context_frames=expression.context_frames,
         )
+        # A model attribute (not the conditioner's): its parameters are `expression_objective.*` in every checkpoint.
         self.expression_objective = expression.objective if train_expression else None
-        # What the viewer and the renderer need to edit or replace the expression sequence.
-        self.expression_control_names = list(expression.controls)
-        self.expression_editor = expression.editor
-        self.expression_input_builder = expression.input_builder
 
         # ----- fields -----
         aabb = self.scene_box.aabb
@@ -261,9 +262,16 @@ class JeanModel(Model):
         self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
         self.step = 0
 
-        from jean_nerfstudio.models.viewer_controls import JeanViewerControls
-
-        self.viewer_controls = JeanViewerControls(self)
+        self.viewer_controls = JeanViewerControls(
+            num_frames=self.num_frames,
+            edit_names=self.expression.control_names,
+            training_view=TrainingView(
+                camera_to_worlds=c2w.double(),
+                look_at=self.scene_box.aabb.double().mean(0),
+                fy=fy,
+                image_height=self.image_height,
+            ),
+        )
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
@@ -307,19 +315,18 @@ class JeanModel(Model):
         num_rays = ray_bundle.origins.shape[0]
         if C.META_FRAME_INDEX in metadata:
             index = metadata[C.META_FRAME_INDEX].reshape(num_rays, -1)[:, 0]
-        elif ray_bundle.times is not None:
-            index = ray_bundle.times.reshape(num_rays, -1)[:, 0] * (self.num_frames - 1)
-        else:
-            index = torch.zeros(num_rays, device=ray_bundle.origins.device)
-        return index.round().long().clamp(0, self.num_frames - 1)
+            return index.round().long().clamp(0, self.num_frames - 1)
+        if ray_bundle.times is not None:
+            return C.time_to_frame(ray_bundle.times.reshape(num_rays, -1)[:, 0], self.num_frames)
+        return torch.zeros(num_rays, dtype=torch.long, device=ray_bundle.origins.device)
 
     def audio_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
         """Audio codes of training-clip frames."""
-        return self.audio.codes(self.audio_windows, frames)
+        return self.audio.frame_codes(frames)
 
     def expression_codes_for_frames(self, frames: Int[Tensor, "n"]) -> Float[Tensor, "n code"]:
         """Expression codes of training-clip frames."""
-        return self.expression.codes(self.expression_inputs, frames)
+        return self.expression.frame_codes(frames)
 
     def ray_conditioning(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Audio code, expression code, head-pose features and normalized pixel position of every ray."""
@@ -335,6 +342,10 @@ class JeanModel(Model):
             audio = self.audio_codes_for_frames(unique)[inverse]
         if C.META_EXPRESSION_CODE in metadata:
             expression = metadata[C.META_EXPRESSION_CODE].reshape(num_rays, -1).float()
+        elif self.training and self.config.expression_jitter_seconds > 0:
+            jittered = jitter_frames(frames, round(self.config.expression_jitter_seconds * self.fps), self.num_frames)
+            jittered_unique, jittered_inverse = torch.unique(jittered, return_inverse=True)
+            expression = self.expression_codes_for_frames(jittered_unique)[jittered_inverse]
         else:
             expression = self.expression_codes_for_frames(unique)[inverse]
         if C.META_POSE in metadata:
@@ -392,6 +403,7 @@ class JeanModel(Model):
             outputs["ray_samples_list"] = ray_samples_list
             outputs["deformation_sq"] = (weights.detach() * field_out["offset"].pow(2).sum(-1, keepdim=True)).sum(-2)
             outputs["audio_attention_raw"] = (weights.detach() * field_out["audio_attention"]).sum(-2)
+            outputs["expression_attention_raw"] = (weights.detach() * field_out["expression_attention"]).sum(-2)
             # The expression objective runs here, inside the model's forward, and get_loss_dict only reads it: under
             # DistributedDataParallel, parameters used outside forward are marked ready twice (every rank failed on
             # step 0 with the transformer encoder when the objective ran in get_loss_dict). Only in a forward that
@@ -406,14 +418,14 @@ class JeanModel(Model):
         every = max(1, self.config.expression_objective_every)
         if self.expression_objective is None or self.config.expression_objective_mult <= 0 or self.step % every:
             return {}
-        terms = self.expression_objective(self.expression.encoder, self.expression_inputs)
+        terms = self.expression_objective(self.expression.encoder, self.expression.inputs)
         return {f"{_OBJECTIVE_PREFIX}{name}": value for name, value in terms.items()}
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
         """Render a camera. Its frame's codes are computed once here (or taken from the viewer controls when moved from
         their defaults) and carried in its metadata, instead of being re-encoded for every chunk of rays."""
-        camera = self.viewer_controls.apply(camera)
+        camera = self.viewer_controls.apply(camera, self.audio, self.expression)
         return super().get_outputs_for_camera(camera, obb_box=obb_box)
 
     @torch.no_grad()
@@ -470,6 +482,9 @@ class JeanModel(Model):
                 losses["audio_attention_loss"] = self.config.audio_attention_loss_mult * (
                     (outputs["audio_attention_raw"][:, 0] * off_mouth).sum() / off_mouth.sum().clamp_min(1.0)
                 )
+                losses["expression_mouth_attention_loss"] = self.config.expression_mouth_attention_loss_mult * (
+                    (outputs["expression_attention_raw"][:, 0] * mouth).sum() / mouth.sum().clamp_min(1.0)
+                )
         if self.training:
             losses["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
                 outputs["weights_list"], outputs["ray_samples_list"]
@@ -514,6 +529,14 @@ def head_pose_features(c2w: Float[Tensor, "*bs 3 4"]) -> Float[Tensor, "*bs 9"]:
     rotation = c2w[..., :3, :3].transpose(-1, -2)  # world->camera rotation
     translation = -(rotation @ c2w[..., :3, 3:4])[..., 0]
     return torch.cat([rotation[..., :, 0], rotation[..., :, 1], translation], dim=-1)
+
+
+def jitter_frames(frames: Int[Tensor, "rays"], max_offset: int, num_frames: int) -> Int[Tensor, "rays"]:
+    """Each frame index moved by a uniform random offset in [-max_offset, max_offset], kept inside the clip."""
+    if max_offset <= 0:
+        return frames
+    offsets = torch.randint(-max_offset, max_offset + 1, frames.shape, device=frames.device)
+    return (frames + offsets).clamp(0, num_frames - 1)
 
 
 def project_directions(

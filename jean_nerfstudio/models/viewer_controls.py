@@ -4,12 +4,16 @@ The nerfstudio viewer shows every `ViewerElement` found on the model. The frame 
 (the dataparser sets `times`): scrubbing it shows each frame with its own audio and expression. Controls are read once
 per rendered camera and turned into per-camera codes, which the model copies onto each ray; at their defaults the codes
 are the frame's own, so evaluation renders are unaffected.
+
+The controls hold GUI state only: the model hands its two sources to `apply` for each camera, and the training-camera
+view gets the clip's cameras as data when it is made, so nothing here refers back to the model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -17,6 +21,7 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, Viewe
 from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
+from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
 
 AUDIO_OWN, AUDIO_OTHER, AUDIO_MUTED = "this frame", "another frame", "muted"
 EXPR_OWN, EXPR_OTHER, EXPR_NEUTRAL = "this frame", "another frame", "neutral"
@@ -41,15 +46,37 @@ def with_metadata(camera: Cameras, extra: Dict[str, Tensor]) -> Cameras:
     )
 
 
-class JeanViewerControls(nn.Module):
-    """The model's viewer GUI elements and how they become codes. Holds no parameters."""
+@dataclass(frozen=True)
+class TrainingView:
+    """What putting the viewer's camera at a training camera needs (fixed for a trained model; kept on the CPU)."""
 
-    def __init__(self, model) -> None:
+    camera_to_worlds: Tensor
+    """float64 [N, 3, 4]: the clip's cameras, OpenGL axes (x right, y up, z backwards)."""
+    look_at: Tensor
+    """float64 [3]: the head box's centre (orbit controls turn about it)."""
+    fy: float
+    """Vertical focal length in training pixels."""
+    image_height: int
+    """Training image height in pixels."""
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.camera_to_worlds.shape[0])
+
+
+class JeanViewerControls(nn.Module):
+    """The model's viewer GUI elements and how they become codes. Holds no parameters and no model.
+
+    Args:
+        num_frames: frames of the training clip (range of the frame sliders).
+        edit_names: the expression source's named edits (one slider each).
+        training_view: the clip's cameras, for the "Training camera view" button.
+    """
+
+    def __init__(self, num_frames: int, edit_names: Sequence[str], training_view: TrainingView) -> None:
         super().__init__()
-        # A plain list, not an attribute: registering the model as a child would make the module tree cyclic, and the
-        # viewer's element search skips names starting with "_".
-        self._model = [model]
-        last = max(model.num_frames - 1, 1)
+        self.num_frames = int(num_frames)
+        last = max(self.num_frames - 1, 1)
         self.audio_source = ViewerDropdown(
             "Audio", AUDIO_OWN, [AUDIO_OWN, AUDIO_OTHER, AUDIO_MUTED],
             hint="Drive the mouth with this frame's audio, another frame's, or silence (shows what audio controls).",
@@ -60,9 +87,9 @@ class JeanViewerControls(nn.Module):
             hint="This frame's expression, another frame's, or the clip's neutral (median) expression.",
         )
         self.expression_frame = ViewerSlider("Expression from frame", 0, 0, last, step=1, hint="Frame whose expression is shown.")
-        self.camera_view = TrainingCameraView(model)
+        self.camera_view = TrainingCameraView(training_view)
         self.training_camera = ViewerButton("Training camera view", cb_hook=lambda _: self.camera_view.move_all())
-        self.edit_names = list(model.expression_control_names)
+        self.edit_names: List[str] = list(edit_names)
         for name in self.edit_names:
             setattr(self, f"edit_{name}", ViewerSlider(name.replace("_", " ").capitalize(), 0.0, -1.0, 1.0, step=0.05,
                                                        hint=f"Edit the expression input: {name}."))
@@ -86,32 +113,41 @@ class JeanViewerControls(nn.Module):
         )
 
     @torch.no_grad()
-    def apply(self, camera: Cameras, values: Optional[Dict[str, object]] = None) -> Cameras:
+    def apply(
+        self,
+        camera: Cameras,
+        audio: AudioConditioner,
+        expression: ExpressionConditioner,
+        values: Optional[Dict[str, object]] = None,
+    ) -> Cameras:
         """`camera` with its frame's audio and expression codes in its metadata, reflecting the controls.
 
         The codes are constant over a frame, so they are computed here once per rendered camera: left to the model,
         every chunk of rays would re-encode them (for the transformer expression encoder, a pass over its window per
         chunk). Codes a renderer already put on the camera are kept while the controls are at their defaults.
+
+        Args:
+            camera: the camera to render.
+            audio, expression: the model's two sources.
+            values: control values (default: read from the GUI now).
         """
         values = self.read() if values is None else values
-        model = self._model[0]
         metadata = camera.metadata or {}
         default = self.is_default(values)
         if default and C.META_AUDIO_CODE in metadata and C.META_EXPRESSION_CODE in metadata:
             return camera
-        device = model.device
         frame = self.camera_frame(camera)
         n = camera.shape[0] if len(camera.shape) else 1
         to_camera = camera.camera_to_worlds.device
         if default and C.META_AUDIO_CODE in metadata:
-            audio = metadata[C.META_AUDIO_CODE]
+            audio_code = metadata[C.META_AUDIO_CODE]
         else:
-            audio = self.audio_code(model, values, frame, device).expand(n, -1).to(to_camera)
+            audio_code = self.audio_code(audio, values, frame).expand(n, -1).to(to_camera)
         if default and C.META_EXPRESSION_CODE in metadata:
-            expression = metadata[C.META_EXPRESSION_CODE]
+            expression_code = metadata[C.META_EXPRESSION_CODE]
         else:
-            expression = self.expression_code(model, values, frame, device).expand(n, -1).to(to_camera)
-        extra = {C.META_AUDIO_CODE: audio, C.META_EXPRESSION_CODE: expression}
+            expression_code = self.expression_code(expression, values, frame).expand(n, -1).to(to_camera)
+        extra = {C.META_AUDIO_CODE: audio_code, C.META_EXPRESSION_CODE: expression_code}
         if C.META_FRAME_INDEX not in metadata:
             extra[C.META_FRAME_INDEX] = torch.full((n, 1), float(frame), device=to_camera)
         return with_metadata(camera, extra)
@@ -119,40 +155,34 @@ class JeanViewerControls(nn.Module):
     def camera_frame(self, camera: Cameras) -> int:
         """The training-clip frame a camera shows: its frame metadata (renderers), else its time (the viewer's time
         slider), else frame 0; the same rule as `JeanModel.ray_frame_indices`."""
-        model = self._model[0]
         metadata = camera.metadata or {}
         if C.META_FRAME_INDEX in metadata:
             value = metadata[C.META_FRAME_INDEX].reshape(-1)[0]
-        elif camera.times is not None:
-            value = camera.times.reshape(-1)[0] * (model.num_frames - 1)
-        else:
-            return 0
-        return int(torch.round(value).clamp(0, model.num_frames - 1))
+            return int(torch.round(value).clamp(0, self.num_frames - 1))
+        if camera.times is not None:
+            return int(C.time_to_frame(camera.times.reshape(-1)[0], self.num_frames))
+        return 0
 
-    @staticmethod
-    def audio_code(model, values: Dict[str, object], frame: int, device) -> Tensor:
+    def _clip_frame(self, frame: int) -> int:
+        return min(max(int(frame), 0), self.num_frames - 1)
+
+    def audio_code(self, audio: AudioConditioner, values: Dict[str, object], frame: int) -> Tensor:
         source = values["audio_source"]
         if source == AUDIO_MUTED:
-            k = model.audio.smoothing_frames
-            silence = model.silence_window[None].expand(2 * k + 1, -1, -1)
-            return model.audio.codes(silence, torch.tensor([k], device=device))
-        audio_frame = int(values["audio_frame"]) if source == AUDIO_OTHER else frame  # type: ignore[arg-type]
-        audio_frame = min(max(audio_frame, 0), model.num_frames - 1)
-        return model.audio_codes_for_frames(torch.tensor([audio_frame], device=device))
+            return audio.silence_code()
+        audio_frame = self._clip_frame(values["audio_frame"]) if source == AUDIO_OTHER else frame  # type: ignore[arg-type]
+        return audio.frame_codes(torch.tensor([audio_frame], device=audio.windows.device))
 
-    @staticmethod
-    def expression_code(model, values: Dict[str, object], frame: int, device) -> Tensor:
+    def expression_code(self, expression: ExpressionConditioner, values: Dict[str, object], frame: int) -> Tensor:
         source = values["expression_source"]
-        inputs = model.expression_inputs
+        inputs = expression.inputs
         target = frame
         if source == EXPR_OTHER:
-            target = min(max(int(values["expression_frame"]), 0), model.num_frames - 1)  # type: ignore[arg-type]
+            target = self._clip_frame(values["expression_frame"])  # type: ignore[arg-type]
         elif source == EXPR_NEUTRAL:
-            inputs = inputs.median(dim=0, keepdim=True).values.expand_as(inputs)
-        edits = {k: v for k, v in values["edits"].items() if abs(v) > 1e-6}  # type: ignore[union-attr]
-        if edits and model.expression_editor is not None:
-            inputs = model.expression_editor(inputs, edits)
-        return model.expression.codes(inputs, torch.tensor([target], device=device))
+            inputs = expression.neutral_inputs(inputs.shape[0])
+        inputs = expression.edited(inputs, values["edits"])  # type: ignore[arg-type]
+        return expression.codes(inputs, torch.tensor([target], device=inputs.device))
 
 
 class TrainingCameraView(ViewerControl):
@@ -164,8 +194,8 @@ class TrainingCameraView(ViewerControl):
     from there is the user's choice. The look-at point is the head box's centre, so orbit controls turn about it.
     """
 
-    def __init__(self, model) -> None:
-        self._model = [model]  # not a registered child (see JeanViewerControls)
+    def __init__(self, view: TrainingView) -> None:
+        self.view = view
 
     def _setup(self, viewer) -> None:
         super()._setup(viewer)
@@ -173,9 +203,8 @@ class TrainingCameraView(ViewerControl):
 
     def frame(self) -> int:
         """The frame on the viewer's time slider."""
-        model = self._model[0]
         time = float(getattr(self.viewer.control_panel, "time", 0.0)) if hasattr(self, "viewer") else 0.0
-        return int(round(min(max(time, 0.0), 1.0) * (model.num_frames - 1)))
+        return int(C.time_to_frame(torch.tensor(min(max(time, 0.0), 1.0)), self.view.num_frames))
 
     def move_all(self) -> None:
         if hasattr(self, "viser_server"):
@@ -187,15 +216,13 @@ class TrainingCameraView(ViewerControl):
         """Set one client's camera (pose and vertical field of view) to the training camera of the current frame."""
         from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as scale
 
-        model = self._model[0]
-        c2w = model.clip_camera_to_worlds[self.frame()].double().cpu()  # OpenGL axes: x right, y up, z backwards
+        c2w = self.view.camera_to_worlds[self.frame()]  # OpenGL axes: x right, y up, z backwards
         position = c2w[:, 3] * scale
         forward, up = -c2w[:, 2], c2w[:, 1]
-        centre = model.field.aabb.double().cpu().mean(0) * scale
+        centre = self.view.look_at * scale
         distance = max(float((centre - position) @ forward), 1e-3)
-        fy = float(model.intrinsics[1])
         with client.atomic():
-            client.camera.fov = 2.0 * math.atan(model.image_height / 2.0 / fy)
+            client.camera.fov = 2.0 * math.atan(self.view.image_height / 2.0 / self.view.fy)
             client.camera.up_direction = up.numpy()
             client.camera.position = position.numpy()
             client.camera.look_at = (position + forward * distance).numpy()

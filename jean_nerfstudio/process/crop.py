@@ -5,6 +5,9 @@ far the face wanders) so head, hair, neck and some shoulders fit, with the face 
 larger than the frame shrinks to the frame's short side; one reaching past an edge slides back inside. Sliding keeps
 every pixel real (padding would put smeared edge pixels into the background the model must learn), at the price of a
 face that is off-centre when it sits near the frame's edge.
+
+Two stages live here: `crop` (choose the box) and `frames` (decode, crop and write every frame). They use the decoder
+and the landmarker; neither of those imports this module.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from jean_nerfstudio import constants as C
 from jean_nerfstudio.process.errors import ProcessError
 
 
@@ -236,3 +240,47 @@ def run_crop(ctx) -> Dict[str, Any]:
         "frames_with_face": len(largest),
         "frames_with_several_faces": multi,
     }
+
+
+def run_frames(ctx) -> Dict[str, Any]:
+    """Stage `frames`: decode, resample, crop and write every frame as a JPEG (encoding runs on worker threads)."""
+    import cv2
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jean_nerfstudio.contract import frame_name
+    from jean_nerfstudio.process.decode import VideoProbe, iter_resampled_frames
+    from jean_nerfstudio.utils.atomic import write_bytes
+
+    cfg = ctx.config
+    probe = VideoProbe(**ctx.result("media")["probe"])
+    num_frames = int(ctx.result("media")["num_frames"])
+    crop = CropBox(**ctx.result("crop")["crop"])
+    folder = ctx.root / C.IMAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = set(range(num_frames))
+    if ctx.resuming:  # a killed run of this stage with the same settings: its finished frames are complete files
+        todo -= {i for i in range(num_frames) if (folder / frame_name(i, "jpg")).is_file()}
+    ctx.progress.start("frames", num_frames)
+    ctx.progress.advance("frames", num_frames - len(todo))
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), int(cfg.jpeg_quality)]
+
+    def encode(index: int, image: np.ndarray) -> None:
+        patch = crop_frame(image, crop)
+        ok, payload = cv2.imencode(".jpg", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            raise ProcessError(f"{folder}: OpenCV could not encode frame {index} as JPEG.")
+        write_bytes(folder / frame_name(index, "jpg"), payload.tobytes())
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+            pending = []
+            for index, image in iter_resampled_frames(cfg.video, probe, cfg.fps, num_frames, wanted=todo):
+                pending.append(pool.submit(encode, index, image))
+                # Bounded queue: decoded frames must not pile up in memory faster than they are written.
+                while len(pending) > 4 * max(1, cfg.workers):
+                    pending.pop(0).result()
+                    ctx.progress.advance("frames")
+            for future in pending:
+                future.result()
+                ctx.progress.advance("frames")
+    return {"num_frames": num_frames, "image_size": crop.image_size}

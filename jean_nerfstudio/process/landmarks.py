@@ -278,7 +278,7 @@ def iter_frames(folder: Path, num_frames: int, extension: str = "jpg", prefetch:
     GIL, so it overlaps with the model running on the main thread)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from jean_nerfstudio.process.decode import frame_name
+    from jean_nerfstudio.contract import frame_name
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         futures = [pool.submit(read_rgb, folder / frame_name(i, extension)) for i in range(min(prefetch, num_frames))]

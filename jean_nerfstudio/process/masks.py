@@ -325,7 +325,7 @@ def run_masks(ctx) -> Dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from jean_nerfstudio.contract import LANDMARK_GROUPS
-    from jean_nerfstudio.process.decode import frame_name
+    from jean_nerfstudio.contract import frame_name
     from jean_nerfstudio.process.landmarks import iter_frames
     from jean_nerfstudio.utils.atomic import write_bytes
 

@@ -63,8 +63,8 @@ def _segmenter_identity(config: ProcessConfig) -> str:
 def build_stages() -> List[Stage]:
     from jean_nerfstudio.process.avsync import RECORDED_AUDIO, run_avsync
     from jean_nerfstudio.process.cameras import run_cameras
-    from jean_nerfstudio.process.crop import run_crop
-    from jean_nerfstudio.process.decode import run_frames, run_media
+    from jean_nerfstudio.process.crop import run_crop, run_frames
+    from jean_nerfstudio.process.decode import run_media
     from jean_nerfstudio.process.features import run_features
     from jean_nerfstudio.process.landmarks import run_landmarks
     from jean_nerfstudio.process.masks import run_masks

@@ -48,7 +48,7 @@ def transforms_document(
     Label maps go under `segmentation_path`, not nerfstudio's `mask_path`: nerfstudio would read a label map as a
     binary mask and drop every background pixel from the loss.
     """
-    from jean_nerfstudio.process.decode import frame_name
+    from jean_nerfstudio.contract import frame_name
 
     frames = []
     for i in range(num_frames):

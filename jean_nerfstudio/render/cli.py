@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Literal, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Literal, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,12 @@ from jean_nerfstudio.render.inputs import (
     pose_sequence,
     read_camera_path,
 )
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.cameras import Cameras
+
+    from jean_nerfstudio.models.driving import JeanDriver
+    from jean_nerfstudio.models.fast_renderer import FastRenderer
 
 VIDEO_SUFFIXES = (".mp4",)
 FAST_OUTPUTS = ("rgb", "accumulation", "depth")
@@ -84,12 +90,14 @@ class JeanRender:
     CPU, none on a GPU)."""
 
     # ----- what a subcommand provides -----
-    def cameras_for(self, model, num_frames: int, fps: float, audio_codes: torch.Tensor, expression_codes: torch.Tensor):
+    def cameras_for(
+        self, driver: JeanDriver, num_frames: int, fps: float, audio_codes: torch.Tensor, expression_codes: torch.Tensor
+    ) -> Cameras:
         raise NotImplementedError
 
-    def base_resolution(self, model) -> Tuple[int, int]:
+    def base_resolution(self, driver: JeanDriver) -> Tuple[int, int]:
         """(width, height) before downscaling."""
-        return int(model.image_width), int(model.image_height)
+        return driver.image_size
 
     def check_inputs(self) -> None:
         """Cheap checks of the subcommand's own files, before the model loads."""
@@ -105,7 +113,7 @@ class JeanRender:
         from rich.markup import escape
 
         from jean_nerfstudio.contract import ProcessedClip
-        from jean_nerfstudio.models.driving import audio_codes_for_waveform
+        from jean_nerfstudio.models.driving import JeanDriver
         from jean_nerfstudio.render.loading import load_jean
         from jean_nerfstudio.video_io import frame_count_for
 
@@ -116,17 +124,17 @@ class JeanRender:
         self.check_inputs()
 
         loaded = load_jean(self.load_config, data=self.data, eval_num_rays_per_chunk=self.eval_num_rays_per_chunk)
-        model = loaded.model
-        fps = float(self.fps or model.fps)
+        driver = JeanDriver(loaded.model)
+        fps = float(self.fps or driver.fps)
         num_frames = frame_count_for(audio.duration, fps)
-        audio_codes = audio_codes_for_waveform(model, audio.waveform, num_frames, fps)
-        expression_codes = expression_sequence(model, self.expression, self.expression_from, num_frames, fps)
-        cameras = self.cameras_for(model, num_frames, fps, audio_codes, expression_codes)
+        audio_codes = driver.audio_codes(audio.waveform, num_frames, fps)
+        expression_codes = expression_sequence(driver, self.expression, self.expression_from, num_frames, fps)
+        cameras = self.cameras_for(driver, num_frames, fps, audio_codes, expression_codes)
 
-        fast = self.fast_renderer(model, audio_codes, expression_codes)
+        fast = self.fast_renderer(driver, audio_codes, expression_codes)
         started = time.perf_counter()
         written, (width, height) = write_outputs(
-            frames=render_frames(model, cameras, self.rendered_output_names, fast),
+            frames=render_frames(driver, cameras, self.rendered_output_names, fast),
             num_frames=num_frames,
             fps=fps,
             audio=audio,
@@ -143,7 +151,9 @@ class JeanRender:
             soft_wrap=True,
         )
 
-    def fast_renderer(self, model, audio_codes: torch.Tensor, expression_codes: torch.Tensor):
+    def fast_renderer(
+        self, driver: JeanDriver, audio_codes: torch.Tensor, expression_codes: torch.Tensor
+    ) -> Optional[FastRenderer]:
         """The occupancy-grid renderer for --renderer fast (grid built over the codes it will see), else None."""
         if self.renderer != "fast":
             return None
@@ -154,27 +164,21 @@ class JeanRender:
 
         from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
 
-        on_cpu = model.device.type == "cpu"
-        config = FastRendererConfig()
-        if self.occupancy_resolution is not None:
-            config.grid_resolution = int(self.occupancy_resolution)
-        elif on_cpu:
-            config.grid_resolution = 64  # 8x fewer cells to probe; the marching step stays as fine
-        config.max_build_seconds = self.occupancy_seconds if self.occupancy_seconds is not None else (60.0 if on_cpu else None)
-        renderer = FastRenderer(model, config)
+        config = FastRendererConfig.for_device(driver.device, self.occupancy_resolution, self.occupancy_seconds)
+        renderer = FastRenderer(driver, config)
         started = time.perf_counter()
         # The training clip's codes bound the head's shape; the new track's codes are added so the grid also covers
         # mouth shapes the clip never showed. A few pairs spanning them all are probed (bounded build time).
         with CONSOLE.status(f"building the occupancy grid ({config.grid_resolution}^3)"):
-            renderer.build_occupancy_for_render(audio_codes.to(model.device), expression_codes.to(model.device))
+            renderer.build_occupancy_for_render(audio_codes, expression_codes)
         CONSOLE.print(f"occupancy grid ({config.grid_resolution}^3, {config.max_probe_codes} code pairs) built in "
                       f"{time.perf_counter() - started:.1f} s"
                       + (" (time budget reached: unprobed cells count as occupied)" if renderer.build_truncated else ""))
         return renderer
 
-    def output_size(self, model) -> Tuple[int, int]:
+    def output_size(self, driver: JeanDriver) -> Tuple[int, int]:
         """(width, height) of the output: explicit size, else the base resolution / downscale_factor; even numbers."""
-        base_w, base_h = self.base_resolution(model)
+        base_w, base_h = self.base_resolution(driver)
         if self.width is not None or self.height is not None:
             w = self.width if self.width is not None else round(base_w * self.height / base_h)
             h = self.height if self.height is not None else round(base_h * self.width / base_w)
@@ -220,12 +224,10 @@ class RenderAudio(JeanRender):
 
             ProcessedClip.open(Path(self.pose))
 
-    def cameras_for(self, model, num_frames, fps, audio_codes, expression_codes):
-        from jean_nerfstudio.models.driving import driven_cameras
-
-        c2w, pose_frames = pose_sequence(model, self.pose, num_frames, fps)
-        width, height = self.output_size(model)
-        return driven_cameras(model, c2w, audio_codes, expression_codes, pose_frames, width=width, height=height)
+    def cameras_for(self, driver, num_frames, fps, audio_codes, expression_codes):
+        c2w, pose_frames = pose_sequence(driver, self.pose, num_frames, fps)
+        width, height = self.output_size(driver)
+        return driver.cameras(c2w, audio_codes, expression_codes, pose_frames, width=width, height=height)
 
 
 @dataclass
@@ -242,25 +244,24 @@ class RenderCameraPath(JeanRender):
             raise RenderInputError("--renderer fast uses the training camera's intrinsics; camera paths need 'reference'.")
         self._path = read_camera_path(self.camera_path_filename)
 
-    def base_resolution(self, model) -> Tuple[int, int]:
+    def base_resolution(self, driver) -> Tuple[int, int]:
         return int(self._path["render_width"]), int(self._path["render_height"])
 
-    def cameras_for(self, model, num_frames, fps, audio_codes, expression_codes):
+    def cameras_for(self, driver, num_frames, fps, audio_codes, expression_codes):
         from nerfstudio.cameras.camera_paths import get_path_from_json
         from nerfstudio.cameras.cameras import Cameras
 
-        from jean_nerfstudio.models.driving import driven_cameras
         from jean_nerfstudio.render.inputs import source_frames
 
         path = get_path_from_json(self._path)
         chosen = torch.as_tensor(camera_path_frames(self._path, num_frames, fps, self.path_timing))
         c2w = path.camera_to_worlds[chosen]
-        own = torch.as_tensor(source_frames(num_frames, fps, model.fps, model.num_frames))
-        # The codes, the torso/background lookup pose and the frame travel in the metadata that driven_cameras builds;
-        # the intrinsics are the path's own.
-        driven = driven_cameras(model, c2w, audio_codes, expression_codes, own)
-        width, height = self.output_size(model)
-        base_w, base_h = self.base_resolution(model)
+        own = torch.as_tensor(source_frames(num_frames, fps, driver.fps, driver.num_frames))
+        # The codes, the torso/background lookup pose and the frame travel in the metadata that the driver's cameras
+        # carry; the intrinsics are the path's own.
+        driven = driver.cameras(c2w, audio_codes, expression_codes, own)
+        width, height = self.output_size(driver)
+        base_w, base_h = self.base_resolution(driver)
         sx, sy = width / base_w, height / base_h
         return Cameras(
             camera_to_worlds=c2w,
@@ -297,7 +298,9 @@ def to_image(outputs, names: List[str]) -> np.ndarray:
     return (image.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def render_frames(model, cameras, names: List[str] = ("rgb",), fast=None) -> Iterator[np.ndarray]:
+def render_frames(
+    driver: JeanDriver, cameras: Cameras, names: List[str] = ("rgb",), fast: Optional[FastRenderer] = None
+) -> Iterator[np.ndarray]:
     """Render `cameras` one by one (each carries its own codes and pose), yielding uint8 frames; with `fast` (a
     `FastRenderer`), through its ray marcher instead of nerfstudio's reference path."""
     from jean_nerfstudio import constants as C
@@ -306,7 +309,7 @@ def render_frames(model, cameras, names: List[str] = ("rgb",), fast=None) -> Ite
     for i in range(cameras.size):
         with torch.no_grad():
             if fast is None:
-                outputs = model.get_outputs_for_camera(cameras[i : i + 1].to(model.device))
+                outputs = driver.render(cameras[i : i + 1])
             else:
                 meta = cameras.metadata
                 outputs = fast.render_frame(

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from torch import Tensor
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.render.errors import RenderInputError
+
+if TYPE_CHECKING:
+    from jean_nerfstudio.models.driving import JeanDriver
 
 SILENCE_RMS = 1e-4
 """A track whose RMS is below this (-80 dBFS) holds no speech to drive a mouth with."""
@@ -124,28 +127,24 @@ def clip_camera_to_worlds(clip_dir: Path, scene_scale_cm: float) -> Tuple[Float[
     return c2w, clip.fps
 
 
-def model_scene_scale_cm(model) -> float:
-    from jean_nerfstudio.contract import ProcessedClip
-
-    return float(ProcessedClip.open(model.clip_root).metadata.get("camera", {}).get("scene_scale_cm", 10.0))
-
-
 def pose_sequence(
-    model, pose: str, num_frames: int, fps: float
+    driver: JeanDriver, pose: str, num_frames: int, fps: float
 ) -> Tuple[Float[Tensor, "frames 3 4"], Int[Tensor, "frames"]]:
     """Head poses (camera-to-world) of the output frames, and the training-clip frame each output frame stands for.
 
     Args:
+        driver: the trained model's driving surface.
         pose: 'loop' (the training clip's poses, forward and backward), 'static' (its middle frame's pose), or the
             folder of another processed clip (its poses, forward and backward).
     """
-    own = torch.as_tensor(source_frames(num_frames, fps, model.fps, model.num_frames))
+    poses = driver.clip_poses()
+    own = torch.as_tensor(source_frames(num_frames, fps, driver.fps, driver.num_frames))
     if pose == "loop":
-        return model.clip_camera_to_worlds[own].cpu(), own
+        return poses[own], own
     if pose == "static":
-        middle = torch.full((num_frames,), model.num_frames // 2, dtype=torch.long)
-        return model.clip_camera_to_worlds[middle].cpu(), middle
-    c2w, other_fps = clip_camera_to_worlds(Path(pose), model_scene_scale_cm(model))
+        middle = torch.full((num_frames,), driver.num_frames // 2, dtype=torch.long)
+        return poses[middle], middle
+    c2w, other_fps = clip_camera_to_worlds(Path(pose), driver.scene_scale_cm)
     index = torch.as_tensor(source_frames(num_frames, fps, other_fps, c2w.shape[0]))
     return c2w[index], own
 
@@ -157,22 +156,23 @@ ExpressionMode = Literal["own", "neutral"]
 
 
 def expression_sequence(
-    model, expression: ExpressionMode, expression_from: Optional[Path], num_frames: int, fps: float
+    driver: JeanDriver, expression: ExpressionMode, expression_from: Optional[Path], num_frames: int, fps: float
 ) -> Float[Tensor, "frames code"]:
     """Expression codes of the output frames: the training clip's sequence (aligned with the looped pose), the clip's
-    median expression held still, or another processed clip's sequence (expression transfer)."""
-    from jean_nerfstudio.contract import ProcessedClip
-    from jean_nerfstudio.models import driving
+    median expression held still, or another processed clip's sequence (expression transfer).
 
+    A sequence plays at the frame rate its inputs are at, which the driver reports with them: another clip's inputs
+    are at the model's fps when its encoder resampled them (transformer), at that clip's own fps when it did not (mlp).
+    """
     if expression_from is not None:
-        inputs = driving.expression_inputs_from_clip(model, expression_from)  # DatasetError on a layout mismatch
-        source_fps = ProcessedClip.open(expression_from).fps
-        codes = driving.expression_codes_for_inputs(model, inputs)
-        return codes[torch.as_tensor(source_frames(num_frames, fps, source_fps, codes.shape[0]), device=codes.device)]
-    if expression == "neutral":
-        return driving.expression_codes_for_inputs(model, driving.neutral_expression_inputs(model, num_frames))
-    codes = driving.expression_codes_for_inputs(model, model.expression_inputs)
-    return codes[torch.as_tensor(source_frames(num_frames, fps, model.fps, model.num_frames), device=codes.device)]
+        sequence = driver.expression_of_clip(expression_from)  # DatasetError on a layout mismatch
+    elif expression == "neutral":
+        return driver.expression_codes(driver.neutral_expression(num_frames))
+    else:
+        sequence = driver.clip_expression()
+    codes = driver.expression_codes(sequence.values)
+    index = source_frames(num_frames, fps, sequence.fps, codes.shape[0])
+    return codes[torch.as_tensor(index, device=codes.device)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
