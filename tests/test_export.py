@@ -12,7 +12,8 @@ import pytest
 from render_helpers import speech_like_wav, train_tiny_model
 
 from jean_nerfstudio import constants as C
-from jean_nerfstudio.export import CONFIG_FILE, DATASET_DIR, MANIFEST_FILE, ExportConfig, main
+from jean_nerfstudio.export import ExportConfig, main
+from jean_nerfstudio.render.exported import CONFIG_FILE, DATASET_DIR, MANIFEST_FILE
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def load_jean(
     from nerfstudio.utils.eval_utils import eval_setup
 
     from jean_nerfstudio.contract import ProcessedClip
-    from jean_nerfstudio.export import export_root_of, localize, read_manifest
+    from jean_nerfstudio.render.exported import export_root_of, localize, read_manifest
     from jean_nerfstudio.models.jean_model import JeanModel
 
     config_path = Path(config_path)
