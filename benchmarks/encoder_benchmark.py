@@ -168,7 +168,7 @@ def real_video_reference(clip_dir: Path, meter, size: int, max_frames: int, wind
     return reference
 
 
-def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagnostics: bool) -> Dict[str, Any]:
+def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagnostics: List[str]) -> Dict[str, Any]:
     from jean_nerfstudio.metrics.sync import speech_band_sync
     from jean_nerfstudio.render.inputs import load_driving_audio
 
@@ -181,9 +181,10 @@ def lip_sync(model, tracks: List[Path], seconds: float, size: int, meter, diagno
         entry = speech_band_sync(opening_series(measured), audio.waveform, 16000, model.fps).to_dict()
         entry["render_seconds_per_frame"] = round((time.perf_counter() - started) / max(len(frames), 1), 3)
         entry["jean_eval"] = jean_eval_sync(model.fps, meter, measured, audio.waveform)
-        if diagnostics and k == 0:
+        if "neutral" in diagnostics and k == 0:
             neutral = driven_render(model, audio.waveform, audio.duration, size, "neutral")
             entry["neutral_expression"] = speech_band_sync(opening_series(measure(neutral, meter)), audio.waveform, 16000, model.fps).to_dict()
+        if "silence" in diagnostics and k == 0:
             silence = np.zeros_like(audio.waveform)
             muted = driven_render(model, silence, audio.duration, size, "own")
             # Against the track that was NOT played: what the looped expression alone does to the mouth.
@@ -203,7 +204,8 @@ def main() -> None:
     parser.add_argument("--eval-frames", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each track rendered")
     parser.add_argument("--size", type=int, default=128, help="render (and real-video reference) resolution")
-    parser.add_argument("--no-diagnostics", action="store_true", help="skip the neutral-expression and silence renders")
+    parser.add_argument("--diagnostics", nargs="*", choices=["neutral", "silence"], default=["neutral", "silence"],
+                        help="extra renders of the first track: with the neutral expression held, and with silence")
     parser.add_argument("--model-set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="JeanModelConfig overrides for the jean arms (ablations), e.g. expression_jitter_seconds=0")
     parser.add_argument("--output", type=Path, default=None)
@@ -249,7 +251,7 @@ def main() -> None:
                 print(f"  held out: {arm_entry['held_out']}")
                 if arm != "nerfacto":
                     arm_entry["lip_sync"] = lip_sync(
-                        run.pipeline.model, args.tracks, args.seconds, args.size, meter, not args.no_diagnostics
+                        run.pipeline.model, args.tracks, args.seconds, args.size, meter, args.diagnostics
                     )
                 entry[arm] = arm_entry
                 save()

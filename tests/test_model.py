@@ -207,3 +207,40 @@ def test_frame_and_camera_time_convert_both_ways(pipeline):
     cameras = pipeline.datamanager.train_dataset.cameras
     torch.testing.assert_close(cameras.times[:, 0], C.frame_to_time(torch.arange(cameras.size).float(), model.num_frames))
     assert model.viewer_controls.camera_frame(cameras[3:4]) == 3
+
+
+def test_audio_code_is_asked_to_read_out_the_speech_mouth(tmp_path):
+    """The audio-mouth term: 1 - R^2 of a closed-form ridge readout of training frames' high-pass mouth geometry from
+    their audio codes; its gradient reaches the audio conditioner (not the field). Needs a clip of more training
+    frames than twice the audio code's size (else the term is off: any code would read out a few frames)."""
+    from synthetic_dataset import write_synthetic_dataset
+
+    from jean_nerfstudio.expression.objective import ridge_r2
+
+    data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
+    torch.manual_seed(0)
+    pipe = small_pipeline_config(data, datamanager=TINY_BATCHES, **TINY_MODEL).pipeline.setup(device="cpu", test_mode="val")
+    model = pipe.model
+    assert model.mouth_targets.shape[0] == model.num_frames and model.mouth_targets.shape[1] >= 2
+    assert not torch.isnan(model.mouth_targets).any()
+    ray_bundle, batch = pipe.datamanager.next_train(0)
+    model.train()
+    outputs = model(ray_bundle)
+    losses = model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch))
+    r2 = outputs["audio_mouth_r2"]
+    assert -1.0 <= float(r2) <= 1.0
+    torch.testing.assert_close(losses["audio_mouth_loss"], model.config.audio_mouth_loss_mult * (1.0 - r2))
+    model.zero_grad()
+    losses["audio_mouth_loss"].backward()
+    assert model.audio.projection.weight.grad is not None and model.audio.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.field.parameters())
+    # Off in a render (no gradient) and when its weight is zero.
+    with torch.no_grad():
+        assert "audio_mouth_r2" not in model(ray_bundle)
+    model.config.audio_mouth_loss_mult = 0.0
+    assert "audio_mouth_r2" not in model(ray_bundle)
+    # The readout is a real regression: targets read out of themselves perfectly, out of noise barely.
+    centred = model.mouth_targets - model.mouth_targets.mean(0)
+    assert float(ridge_r2(centred, centred, ridge=1e-6)) > 0.99
+    noise = torch.randn(model.num_frames, 2)
+    assert float(ridge_r2(noise - noise.mean(0), centred)) < 0.2
