@@ -160,9 +160,10 @@ class JeanModelConfig(ModelConfig):
     """Keeps the conditioned deformation small (mean squared offset, in scene units)."""
     audio_attention_loss_mult: float = 0.01
     """Penalizes audio attention on head pixels outside the mouth region (audio acts on the mouth)."""
-    expression_mouth_attention_loss_mult: float = 0.01
-    """Penalizes expression attention on mouth-region pixels (the mirror of the audio term): the speech-driven mouth
-    is the audio's; the expression code keeps what it must there (a smile) at a small price."""
+    expression_mouth_attention_loss_mult: float = 0.0
+    """Penalizes expression attention on mouth-region pixels (the mirror of the audio term). Off: at 0.01 it froze the
+    mouth altogether on obama_2 (rendered opening spread 0.008 against 0.031 without it, docs/benchmarks.md), since
+    the audio did not take over what the expression code gave up; kept for ablations."""
 
 
 class JeanModel(Model):
