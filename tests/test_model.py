@@ -145,9 +145,11 @@ def test_jitter_frames_stays_in_range_and_reaches_both_sides():
 
 
 def test_expression_codes_are_jittered_in_training_only(pipeline):
-    """Training draws each ray's expression code from a nearby frame (so it cannot index frames); renders do not."""
+    """With the jitter on, training draws each ray's expression code from a nearby frame (so it cannot index frames);
+    renders never do."""
     model = pipeline.model
-    assert model.config.expression_jitter_seconds > 0
+    default = model.config.expression_jitter_seconds
+    model.config.expression_jitter_seconds = 0.12  # off by default (see its docstring); an ablation knob
     assert round(model.config.expression_jitter_seconds * model.fps) >= 1, "the synthetic clip's fps is too low to test"
     bundle = eval_rays(pipeline, 3, [(16, 16)] * 64)
     torch.manual_seed(0)
@@ -156,6 +158,7 @@ def test_expression_codes_are_jittered_in_training_only(pipeline):
         trained = model.ray_conditioning(bundle)["expression"]
     finally:
         model.eval()
+        model.config.expression_jitter_seconds = default
     rendered = model.ray_conditioning(bundle)["expression"]
     assert torch.allclose(rendered, rendered[:1].expand_as(rendered))
     distinct = torch.unique(trained.detach().round(decimals=5), dim=0).shape[0]
@@ -222,7 +225,8 @@ def test_audio_code_is_asked_to_read_out_the_speech_mouth(tmp_path):
 
     data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
     torch.manual_seed(0)
-    pipe = small_pipeline_config(data, datamanager=TINY_BATCHES, **TINY_MODEL).pipeline.setup(device="cpu", test_mode="val")
+    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_mouth_loss_mult=0.02, **TINY_MODEL)  # off by default
+    pipe = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipe.model
     assert model.mouth_targets.shape[0] == model.num_frames and model.mouth_targets.shape[1] >= 2
     assert not torch.isnan(model.mouth_targets).any()

@@ -113,12 +113,14 @@ class JeanModelConfig(ModelConfig):
     """Keep the stage-1 encoder frozen (keeps its lip alignment for unseen voices) or fine-tune it."""
     audio_smoothing_frames: int = 4
     """Each audio code attends over this many neighbouring frames on each side."""
-    audio_mouth_loss_mult: float = 0.02
-    """Weight of 1 - R^2 of a ridge readout, from the batch's audio codes, of its frames' speech-driven mouth shape
-    (the clip's high-pass inner-lip gaps and mouth width). The frozen stage-1 features predict that shape on a speaker
-    they never heard (cross-fitted R^2 0.21 on obama_2) but the head, left to the photometric loss, did not pick it up
-    in a thousand steps; this puts it in the code from the start. No parameters: the readout is solved in closed form
-    on each step's frames."""
+    audio_mouth_loss_mult: float = 0.0
+    """Weight of 1 - R^2 of a ridge readout, from the audio codes of random training frames, of their speech-driven
+    mouth geometry (the clip's high-pass inner-lip gaps and mouth width); 0: off. The frozen stage-1 features predict
+    that geometry on a speaker they never heard (cross-fitted R^2 0.21 on obama_2), but the head, left to the
+    photometric loss, does not pick it up in a thousand steps. With 0.02 (and the expression jitter) silence moved the
+    mouth less than speech (spread 0.022 vs 0.030) and LMD-mouth improved (2.51 vs 2.69 px), but the 3 s lip-sync
+    number is inside its chance band and held-out mouth PSNR fell 0.3 dB: not yet a default (docs/benchmarks.md).
+    No parameters: the readout is solved in closed form on each step's frames."""
     audio_mouth_frames: int = 256
     """Training frames (drawn at random each step) whose audio codes that readout is fitted on."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
@@ -133,12 +135,12 @@ class JeanModelConfig(ModelConfig):
     """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
     expression_objective_every: int = 4
     """Evaluate that objective every this many steps (it encodes the whole clip; the codes change slowly)."""
-    expression_jitter_seconds: float = 0.12
-    """In training, each ray's expression code is that of a random frame up to this far from its own. Expressions
-    change slowly, so the jitter costs them little; phonemes (3-8 Hz) do not survive it, so the expression code
-    cannot act as a frame index that memorizes each frame's mouth: the mouth has to be learned from the audio, which
-    is what drives it with new speech. Without it, renders driven by silence moved the mouth 3/4 as much as speech."""
-
+    expression_jitter_seconds: float = 0.0
+    """In training, each ray's expression code is that of a random frame up to this far from its own (0: off), so
+    the code cannot act as a frame index that memorizes each frame's mouth. Off by default: on obama_2 (1,000 steps)
+    0.12 s did not make silence stop moving the mouth (opening spread 0.016 vs 0.018 with speech) and cost 0.6 dB of
+    held-out PSNR; the viewer test's 120-step head then also let muting change the upper face more than the mouth.
+    Kept for ablations (docs/benchmarks.md)."""
     # ----- torso -----
     torso_levels: int = 12
     """Levels of the 2D torso grid."""
