@@ -223,8 +223,11 @@ def region_boxes(clip: Path, canvas_shape: Tuple[int, int]) -> Dict[str, Tuple[s
     # The upper face: the head above the mouth box, leaving a margin of a mouth height.
     upper_bottom = to_canvas(0, ys.min() - (ys.max() - ys.min()))[1]
     hx1, hy1 = to_canvas(head_xs.max() + 2, max(head_ys.max(), ys.max()) + 2)
+    # "Away from the head": its box grown by a fifth of its size on each side, so that the head's soft edge (hair,
+    # chin, neck, where the NeRF's density does not stop at the label) does not count as outside it.
+    mx, my = (hx1 - hx0) // 5, (hy1 - hy0) // 5
     return {
-        "head": (slice(max(hy0, 0), hy1), slice(max(hx0, 0), hx1)),
+        "head": (slice(max(hy0 - my, 0), hy1 + my), slice(max(hx0 - mx, 0), hx1 + mx)),
         "mouth": (slice(max(y0, 0), y1), slice(max(x0, 0), x1)),
         "upper_face": (slice(max(hy0, 0), max(upper_bottom, hy0 + 1)), slice(max(hx0, 0), to_canvas(head_xs.max(), 0)[0])),
     }
@@ -322,7 +325,7 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory):
         report = {
             "mouth change, muted": change_in(baseline, muted, boxes["mouth"]),
             "upper-face change, muted": change_in(baseline, muted, boxes["upper_face"]),
-            "change outside the head, muted": change_outside(baseline, muted, boxes["head"]),
+            "change away from the head, muted": change_outside(baseline, muted, boxes["head"]),
             "mouth change, other frame's audio": change_in(baseline, other_audio, boxes["mouth"]),
             "upper-face change, brow raise": change_in(baseline, brows, boxes["upper_face"]),
             "change outside the mouth, brow raise": change_outside(baseline, brows, boxes["mouth"]),
@@ -346,7 +349,7 @@ def test_jean_panel_in_a_real_browser(chromium, tiny_dataset, tmp_path_factory):
         # docs/benchmarks.md "Why the mouth does not follow new audio" measures the same on a real clip), so the
         # upper-face change is reported, not asserted.
         assert report["mouth change, muted"] > 0.005
-        assert report["mouth change, muted"] > 2 * report["change outside the head, muted"]
+        assert report["mouth change, muted"] > 2 * report["change away from the head, muted"]
         assert report["mouth change, other frame's audio"] > 0.002
         # The expression edit changes the face outside the mouth.
         assert report["upper-face change, brow raise"] > 0.003
