@@ -209,9 +209,13 @@ class JeanModel(Model):
         )
 
         # The speech-driven mouth shape of every frame, which the audio code must be able to read out (see
-        # `audio_mouth_loss_mult`).
-        self.register_buffer("mouth_targets", speech_mouth_geometry(clip), persistent=False)
-        self.register_buffer("mouth_readout_frames", torch.as_tensor(clip.train_indices, dtype=torch.long), persistent=False)
+        # `audio_mouth_loss_mult`). Only when that term is on: it rebuilds the clip's whole expression inputs, which
+        # every load (render, export, viewer) would otherwise pay for nothing.
+        if self.config.audio_mouth_loss_mult > 0:
+            self.register_buffer("mouth_targets", speech_mouth_geometry(clip), persistent=False)
+            self.register_buffer(
+                "mouth_readout_frames", torch.as_tensor(clip.train_indices, dtype=torch.long), persistent=False
+            )
 
         expression = build_expression_source(
             clip,
