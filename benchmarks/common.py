@@ -98,7 +98,7 @@ def evaluate_held_out(pipeline, max_frames: Optional[int] = None, meter=None) ->
     `FaceMeter`, also the mouth landmark distance (LMD-mouth, pixels) between rendered and real frames."""
     from jean_nerfstudio import constants as C
     from jean_nerfstudio.data.dataset import read_labels
-    from jean_nerfstudio.models.jean_model import psnr
+    from jean_nerfstudio.metrics.image import psnr_tensor
 
     pipeline.eval()
     dataset = pipeline.datamanager.eval_dataset
@@ -115,11 +115,11 @@ def evaluate_held_out(pipeline, max_frames: Optional[int] = None, meter=None) ->
         labels = read_labels(segmentation[int(i)])[..., 0].to(device)
         head = (labels == C.LABEL_HEAD) | (labels == C.LABEL_MOUTH)
         mouth = labels == C.LABEL_MOUTH
-        values["psnr"].append(float(psnr(rgb, image)))
+        values["psnr"].append(float(psnr_tensor(rgb, image)))
         if head.any():
-            values["psnr_head"].append(float(psnr(rgb[head], image[head])))
+            values["psnr_head"].append(float(psnr_tensor(rgb[head], image[head])))
         if mouth.any():
-            values["psnr_mouth"].append(float(psnr(rgb[mouth], image[mouth])))
+            values["psnr_mouth"].append(float(psnr_tensor(rgb[mouth], image[mouth])))
         if meter is not None:
             to_u8 = lambda x: (x.cpu().numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
             pairs.append((meter.measure(to_u8(rgb)), meter.measure(to_u8(image))))

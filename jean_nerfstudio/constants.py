@@ -76,6 +76,11 @@ META_AUDIO_CODE = "jean_audio_code"
 META_EXPRESSION_CODE = "jean_expression_code"
 """float [De]: an expression code supplied by a renderer (expression transfer) or viewer edits."""
 
+DATAPARSER_CLIP = "jean_clip"
+"""The one key `jean-data` adds to nerfstudio's dataparser metadata (besides nerfstudio's own
+`segmentation_filenames`): the opened `contract.ProcessedClip`, which the datamanager and the model read everything
+else from (cameras, intrinsics, scene box and scale, background, features), so nothing re-opens the dataset."""
+
 
 def frame_to_time(frames, num_frames: int):
     """Camera time of training-clip frames: frame / (N - 1), so the viewer's time slider spans the clip.

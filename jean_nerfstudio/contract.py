@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from jaxtyping import Float
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.errors import UserError
@@ -54,6 +55,18 @@ LANDMARK_GROUPS: Dict[str, Dict[str, List[int]]] = {
     },
 }
 LANDMARK_COUNTS: Dict[str, int] = {"mediapipe": 478, "face-alignment": 68}
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """A pinhole camera in pixels (nerfstudio's fx, fy, cx, cy and image size)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
 
 
 class DatasetError(UserError, RuntimeError):
@@ -144,6 +157,35 @@ class ProcessedClip:
     @property
     def eval_indices(self) -> List[int]:
         return [int(i) for i in self.metadata["split"]["eval"]]
+
+    # ----- cameras (what the dataparser, the model, the renderers and eval all read) ---------------------------------
+    @property
+    def scene_scale_cm(self) -> float:
+        """Centimetres per scene unit (another clip's poses are rescaled by the ratio of the two)."""
+        return float(self.metadata.get("camera", {}).get("scene_scale_cm", 10.0))
+
+    @property
+    def scene_box(self) -> Float[np.ndarray, "2 3"]:
+        """The head's box in the canonical (world) frame, scene units: [[xmin, ymin, zmin], [xmax, ymax, zmax]]."""
+        return np.asarray(self.metadata["camera"]["scene_box"], dtype=np.float32)
+
+    @property
+    def intrinsics(self) -> "Intrinsics":
+        """The one pinhole camera every frame shares (the crop is fixed)."""
+        t = self.transforms
+        return Intrinsics(float(t["fl_x"]), float(t["fl_y"]), float(t["cx"]), float(t["cy"]), int(t["w"]), int(t["h"]))
+
+    def camera_to_worlds(self, indices: Optional[Sequence[int]] = None) -> Float[np.ndarray, "n 3 4"]:
+        """Camera-to-world matrices (OpenGL camera axes, as nerfstudio reads them) of frames `indices` (all frames,
+        in order, when None)."""
+        by_index = {int(f["frame_index"]): f["transform_matrix"] for f in self.transforms["frames"]}
+        wanted = range(self.num_frames) if indices is None else indices
+        missing = [i for i in wanted if i not in by_index]
+        if missing:
+            raise DatasetError(
+                f"{self.root / C.TRANSFORMS_FILE}: frames {missing[:5]} have no camera; re-run `jean-process` with --force."
+            )
+        return np.asarray([by_index[i] for i in wanted], dtype=np.float32).reshape(-1, 4, 4)[:, :3, :4]
 
     # ----- files ------------------------------------------------------------------------------------------------------
     @property

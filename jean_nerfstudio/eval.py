@@ -294,7 +294,7 @@ def lip_sync_metrics(model: JeanModel, config: EvalConfig, notes: Notes, meter, 
         score = sync.sync_unavailable(reason or "")
     else:
         from jean_nerfstudio.metrics.face import landmark_track
-        from jean_nerfstudio.process.landmarks import interpolate_missing
+        from jean_nerfstudio.landmarker import interpolate_missing
 
         points, found = landmark_track(measurements)
         if points is None:
@@ -330,15 +330,14 @@ def check_rendered(path: Path) -> None:
     """A render to measure must be a whole, readable video with sound; checked before the model loads (one line,
     `RenderInputError`), so an empty, foreign or truncated file never ends in a traceback or in metrics of half a
     video."""
-    from jean_nerfstudio.process.decode import probe_video
-    from jean_nerfstudio.process.errors import ProcessError
     from jean_nerfstudio.render.errors import RenderInputError
+    from jean_nerfstudio.video_io import VideoFileError, probe_video
 
     if not path.is_file():
         raise RenderInputError(f"{path}: no such video; give the mp4 that jean-render wrote.")
     try:
         info = probe_video(path)  # empty, unreadable, no video stream, no frames, truncated: one line each
-    except ProcessError as err:
+    except VideoFileError as err:
         raise RenderInputError(str(err)) from err
     if not info.has_audio:
         raise RenderInputError(
@@ -348,7 +347,6 @@ def check_rendered(path: Path) -> None:
 
 def run(config: EvalConfig) -> Dict[str, Any]:
     """Evaluate and return the report (also written to `config.output` when set)."""
-    from jean_nerfstudio.contract import ProcessedClip
     from jean_nerfstudio.render.inputs import load_driving_audio
     from jean_nerfstudio.render.loading import load_jean
     from jean_nerfstudio.utils.atomic import write_json
@@ -367,7 +365,7 @@ def run(config: EvalConfig) -> Dict[str, Any]:
         read_checkpoint(config.sync_encoder)
     loaded = load_jean(config.load_config, data=config.data, eval_num_rays_per_chunk=config.eval_num_rays_per_chunk)
     model = loaded.model
-    clip = ProcessedClip.open(model.clip_root)
+    clip = model.clip
     notes = Notes()
     report: Dict[str, Any] = {
         "format": "jean-eval",
@@ -475,7 +473,7 @@ def entrypoint() -> None:
 
     quiet_library_warnings()
     tyro.extras.set_accent_color("bright_yellow")
-    from jean_nerfstudio.process.native_log import filtered_native_stderr
+    from jean_nerfstudio.utils.native_log import filtered_native_stderr
 
     config = tyro.cli(EvalConfig, description=__doc__.split("\n\n")[0])
     with filtered_native_stderr():  # MediaPipe's native log lines (face metrics) would bury a one-line error

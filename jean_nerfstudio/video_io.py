@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from jaxtyping import Float, UInt8
 
+from jean_nerfstudio.errors import UserError
 from jean_nerfstudio.utils.atomic import atomic_path
 
 PathLike = Union[str, Path]
@@ -194,6 +195,175 @@ def _pad_even(frame: np.ndarray) -> np.ndarray:
     if pad_h or pad_w:
         frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return frame
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking an input video before anything decodes it (`jean-process`, `jean-eval --rendered`)
+# ---------------------------------------------------------------------------------------------------------------------
+class VideoFileError(UserError, RuntimeError):
+    """A video file is missing, empty, unreadable, without a video stream or truncated; `str(err)` is one line that
+    names the file, the cause and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+# Packet-level damage we tolerate before calling a file truncated: half a second or 5% of the declared length.
+_TRUNCATION_SLACK_S = 0.5
+_TRUNCATION_SLACK_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What the container says about the input, checked against its packets."""
+
+    path: str
+    size_bytes: int
+    width: int
+    """Displayed width (after the rotation in the file's display matrix)."""
+    height: int
+    rotation: int
+    """Degrees the frames must be rotated counter-clockwise for display (phones record portrait this way)."""
+    codec: str
+    fps: float
+    """The stream's average frame rate."""
+    start: float
+    """Presentation time (s) of the first video frame."""
+    end: float
+    """End time (s) of the last video frame (its pts plus its duration)."""
+    num_source_frames: int
+    has_audio: bool
+    audio_codec: str
+    audio_sample_rate: int
+    audio_channels: int
+    audio_start: float
+    """Presentation time (s) of the first audio packet (NaN without audio)."""
+    audio_end: float
+    """End time (s) of the audio packets (NaN without audio)."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def open_video(path: Path):
+    """`av.open` of a video file, with a one-line `VideoFileError` for a missing, empty or unreadable file."""
+    import av
+
+    if not path.exists():
+        raise VideoFileError(f"{path}: no such file; check the path of the video.")
+    if not path.is_file():
+        raise VideoFileError(f"{path}: is not a file; give the path of a video file.")
+    if path.stat().st_size == 0:
+        raise VideoFileError(f"{path}: the file is empty; give a real video file (mp4, mov, mkv, webm).")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
+        raise VideoFileError(
+            f"{path}: not a readable video ({type(err).__name__}: the file is corrupt, truncated or not a video); "
+            "re-download or re-export it as mp4/mov/mkv/webm."
+        ) from err
+
+
+def _rotation_of(container, stream) -> int:
+    """Display rotation (degrees counter-clockwise, a multiple of 90) from the first frame's display matrix."""
+    import av
+
+    try:
+        container.seek(0)
+        for frame in container.decode(stream):
+            return int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+    except (av.error.FFmpegError, ValueError):
+        return 0  # undecodable: the frame decode in the frames stage reports it
+    return 0
+
+
+def probe_video(path: Path) -> VideoProbe:
+    """Open `path`, scan its packets (no decoding) and check it is a whole video.
+
+    Raises:
+        VideoFileError: missing/empty/unreadable file, no video stream, no frames, or a truncated file.
+    """
+    import av
+
+    path = Path(path)
+    with open_video(path) as container:
+        video = next((s for s in container.streams if s.type == "video"), None)
+        if video is None:
+            raise VideoFileError(f"{path}: has no video stream; give a video of the person talking (not an audio file).")
+        audio = next((s for s in container.streams if s.type == "audio"), None)
+        streams = [video] + ([audio] if audio is not None else [])
+        vtimes: List[Tuple[float, float]] = []
+        atimes: List[Tuple[float, float]] = []
+        try:
+            for packet in container.demux(*streams):
+                if packet.size == 0:
+                    continue
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is None or packet.time_base is None:
+                    continue
+                start = float(stamp * packet.time_base)
+                duration = float(packet.duration * packet.time_base) if packet.duration else 0.0
+                (vtimes if packet.stream.type == "video" else atimes).append((start, duration))
+        except av.error.FFmpegError as err:
+            raise VideoFileError(
+                f"{path}: the file is corrupt or truncated ({type(err).__name__} while reading packets); re-download "
+                "or re-export it."
+            ) from err
+        if not vtimes:
+            raise VideoFileError(f"{path}: the video stream holds no frames; the file is corrupt or empty, re-export it.")
+        rate = float(video.average_rate or video.guessed_rate or 0.0) or 25.0
+        starts = np.array([t for t, _ in vtimes])
+        order = np.argsort(starts)
+        starts = starts[order]
+        durations = np.array([d for _, d in vtimes])[order]
+        last_duration = durations[-1] if durations[-1] > 0 else 1.0 / rate
+        start, end = float(starts[0]), float(starts[-1] + last_duration)
+        declared = None
+        if video.duration is not None and video.time_base is not None:
+            declared = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            declared = float(container.duration) / 1e6
+        declared_frames = int(video.frames or 0)
+        slack = max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRACTION * (declared or 0.0))
+        if (declared is not None and declared - (end - start) > slack) or (
+            declared_frames and declared_frames - len(vtimes) > max(2, int(slack * rate))
+        ):
+            raise VideoFileError(
+                f"{path}: the file is truncated (it declares {declared or 0:.2f} s / {declared_frames} frames but "
+                "holds "
+                f"{end - start:.2f} s / {len(vtimes)}); re-download or re-export the whole video."
+            )
+        rotation = _rotation_of(container, video)
+        width, height = int(video.codec_context.width), int(video.codec_context.height)
+        if rotation in (90, 270):
+            width, height = height, width
+        if audio is not None and atimes:
+            a_start = min(t for t, _ in atimes)
+            a_end = max(t + d for t, d in atimes)
+        else:
+            a_start = a_end = float("nan")
+        return VideoProbe(
+            path=str(path.resolve()),
+            size_bytes=int(path.stat().st_size),
+            width=width,
+            height=height,
+            rotation=rotation,
+            codec=str(video.codec_context.name),
+            fps=rate,
+            start=start,
+            end=end,
+            num_source_frames=len(vtimes),
+            has_audio=audio is not None and bool(atimes),
+            audio_codec=str(audio.codec_context.name) if audio is not None else "",
+            audio_sample_rate=int(audio.codec_context.sample_rate or 0) if audio is not None else 0,
+            audio_channels=int(audio.codec_context.channels or 0) if audio is not None else 0,
+            audio_start=a_start,
+            audio_end=a_end,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,8 +26,31 @@ def test_cameras_times_split_and_metadata(synthetic_dataset):
     last = clip.num_frames - 1
     torch.testing.assert_close(held_out.cameras.times[:, 0], torch.tensor(clip.eval_indices, dtype=torch.float32) / last)
     assert held_out.cameras.metadata[C.META_POSE].shape == (len(clip.eval_indices), 12)
-    assert train.metadata["jean_camera_to_worlds"].shape == (clip.num_frames, 3, 4)
-    assert train.scene_box.aabb.shape == (2, 3)
+    # One key carries the opened clip; everything else (all frames' cameras, intrinsics, box, scale) is read from it.
+    assert set(train.metadata) == {C.DATAPARSER_CLIP, "segmentation_filenames"}
+    carried = train.metadata[C.DATAPARSER_CLIP]
+    assert isinstance(carried, ProcessedClip) and carried.root == clip.root
+    all_c2w = carried.camera_to_worlds()
+    assert all_c2w.shape == (clip.num_frames, 3, 4)
+    torch.testing.assert_close(held_out.cameras.camera_to_worlds, torch.from_numpy(all_c2w[clip.eval_indices]))
+    assert float(held_out.cameras.fx[0, 0]) == pytest.approx(carried.intrinsics.fx)
+    assert int(held_out.cameras.width[0, 0]) == carried.intrinsics.width
+    torch.testing.assert_close(train.scene_box.aabb, torch.from_numpy(carried.scene_box))
+    assert carried.scene_scale_cm > 0
+
+
+def test_frame_without_camera_is_one_line(synthetic_dataset, tmp_path, capsys):
+    """A transforms file that lost a frame's camera is named with the fix, not a KeyError in the model."""
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_dataset, bad)
+    transforms = json.loads((bad / C.TRANSFORMS_FILE).read_text())
+    transforms["frames"] = [f for f in transforms["frames"] if int(f["frame_index"]) != 3]
+    (bad / C.TRANSFORMS_FILE).write_text(json.dumps(transforms))
+    with pytest.raises(DatasetError, match=r"frames \[3\] have no camera.*jean-process"):
+        ProcessedClip.open(bad).camera_to_worlds()
+    with pytest.raises(SystemExit) as exited:  # under ns-train: one red line, exit 2
+        JeanDataParserConfig(data=bad).setup().get_dataparser_outputs("train")
+    assert exited.value.code == 2 and "have no camera" in capsys.readouterr().err
 
 
 def edited_copy(src, dst, **changes):

@@ -79,7 +79,7 @@ def test_fast_renderer_matches_dense_reference(dense_model):
 @torch.no_grad()
 def test_full_frame_matches_reference_renderer(dense_model):
     """The two renderers on the same weights: occupancy marching vs nerfstudio's proposal sampling."""
-    from jean_nerfstudio.models.jean_model import psnr
+    from jean_nerfstudio.metrics.image import psnr_tensor
 
     model = dense_model.model
     renderer = FastRenderer(JeanDriver(model), FastRendererConfig(grid_resolution=32))
@@ -90,7 +90,7 @@ def test_full_frame_matches_reference_renderer(dense_model):
                                  model.expression_codes_for_frames(frame)[0])
     reference = model.get_outputs_for_camera(camera)
     assert fast["rgb"].shape == reference["rgb"].shape
-    assert psnr(fast["rgb"], reference["rgb"]) > 30.0
+    assert psnr_tensor(fast["rgb"], reference["rgb"]) > 30.0
     # Memory bounding by field-call chunks changes nothing but peak memory.
     renderer.config.chunk_points = 97
     chunked = renderer.render_frame(camera.camera_to_worlds[0], model.audio_codes_for_frames(frame)[0],
@@ -178,7 +178,7 @@ def test_full_frame_matches_reference_renderer_on_cuda(dense_model):
     """The fast path as it runs for users: on CUDA with mixed precision, against the reference renderer."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA (the CPU comparison above runs everywhere)")
-    from jean_nerfstudio.models.jean_model import psnr
+    from jean_nerfstudio.metrics.image import psnr_tensor
 
     model = dense_model.model.to("cuda")
     try:
@@ -189,6 +189,6 @@ def test_full_frame_matches_reference_renderer_on_cuda(dense_model):
         fast = renderer.render_frame(camera.camera_to_worlds[0], model.audio_codes_for_frames(frame)[0],
                                      model.expression_codes_for_frames(frame)[0])
         reference = model.get_outputs_for_camera(camera)
-        assert psnr(fast["rgb"].float(), reference["rgb"].float()) > 30.0
+        assert psnr_tensor(fast["rgb"].float(), reference["rgb"].float()) > 30.0
     finally:
         model.to("cpu")

@@ -126,3 +126,21 @@ def test_every_module_imports(name):
     if name.endswith("fields.triton_grid"):
         pytest.importorskip("triton")
     importlib.import_module(name)
+
+
+DRIVING_SIDE = ("jean_nerfstudio.render", "jean_nerfstudio.eval", "jean_nerfstudio.metrics", "jean_nerfstudio.models")
+"""Layers that use a processed clip but never make one: they read it through `contract.ProcessedClip` only."""
+
+
+def test_driving_side_never_imports_processing():
+    """render, eval, metrics and models read a dataset through the contract; the landmarker, the video probe and
+    the image metrics they share with `jean-process` live outside `process/` (issue 15, the data/model seam)."""
+    graph = import_graph()
+    reaching = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name.startswith(DRIVING_SIDE)
+        for target in targets
+        if target.startswith("jean_nerfstudio.process")
+    )
+    assert not reaching, "driving-side modules import process/:\n" + "\n".join(reaching)

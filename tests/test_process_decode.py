@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jean_nerfstudio.process.decode import aligned_audio, iter_resampled_frames, num_output_frames, probe_video
+from jean_nerfstudio.process.decode import aligned_audio, iter_resampled_frames, num_output_frames
 from jean_nerfstudio.process.errors import ProcessError
+from jean_nerfstudio.video_io import probe_video
 from jean_nerfstudio.synthetic import write_pattern_video
 
 SIZE = 64

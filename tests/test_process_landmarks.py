@@ -11,13 +11,13 @@ import pytest
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.assets import ModelFileError, resolve_face_landmarker
-from jean_nerfstudio.process.landmarks import (
+from jean_nerfstudio.landmarker import (
     MEDIAPIPE_VERTICAL_FOV_DEG,
     FaceAlignmentLandmarker,
     MediaPipeLandmarker,
     interpolate_missing,
-    orthonormalize,
 )
+from jean_nerfstudio.process.landmarks import orthonormalize
 
 
 @pytest.fixture(scope="module")

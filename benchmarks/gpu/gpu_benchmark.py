@@ -86,7 +86,7 @@ def measure_rendering(
 
     from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.models.fast_renderer import FastRenderer, FastRendererConfig
-    from jean_nerfstudio.models.jean_model import psnr
+    from jean_nerfstudio.metrics.image import psnr_tensor
 
     model = pipeline.model.eval()
     driver = JeanDriver(model)
@@ -127,7 +127,7 @@ def measure_rendering(
         frame = torch.round(camera.times.reshape(-1)[0] * (n - 1)).long().reshape(1)
         fast = renderer.render_frame(camera.camera_to_worlds[0], model.audio_codes_for_frames(frame)[0],
                                      model.expression_codes_for_frames(frame)[0])["rgb"]
-        agreement.append(float(psnr(fast.clamp(0, 1), reference.clamp(0, 1))))
+        agreement.append(float(psnr_tensor(fast.clamp(0, 1), reference.clamp(0, 1))))
         if len(agreement) == 1:
             image = dataset.get_image_float32(int(i))[..., :3]
             row = torch.cat([image, reference.cpu().clamp(0, 1), fast.cpu().clamp(0, 1)], dim=1)

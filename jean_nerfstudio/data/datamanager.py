@@ -25,7 +25,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from jean_nerfstudio import constants as C
-from jean_nerfstudio.contract import DatasetError
+from jean_nerfstudio.contract import DatasetError, ProcessedClip
 from jean_nerfstudio.data.dataparser import JeanDataParserConfig
 from jean_nerfstudio.data.dataset import JeanInputDataset, read_labels
 from jean_nerfstudio.errors import exit_or_raise
@@ -166,10 +166,15 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
     def has_frames(self) -> bool:
         """False for a slim dataset copy of `jean-export`: it drives a trained head (render, viewer) but has no frames
         to train on or to score against."""
-        return bool(self.train_dataparser_outputs.metadata.get("jean_has_frames", True))
+        return self.clip.has_frames
+
+    @property
+    def clip(self) -> ProcessedClip:
+        """The processed clip the dataparser opened (the one copy everything reads)."""
+        return self.train_dataparser_outputs.metadata[C.DATAPARSER_CLIP]
 
     def _no_frames(self, purpose: str) -> DatasetError:
-        root = self.train_dataparser_outputs.metadata.get("jean_clip_root")
+        root = self.clip.root
         return DatasetError(
             f"{root}: an exported head's dataset ships no frames, so it cannot be used {purpose}; use the processed "
             "clip it was exported from (jean_export.json names it), e.g. `--data DIR`."

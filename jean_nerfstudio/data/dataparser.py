@@ -90,21 +90,19 @@ def verify_files(clip: ProcessedClip) -> None:
 
 def clip_cameras(clip: ProcessedClip, indices: List[int]) -> Cameras:
     """nerfstudio cameras of `indices` (global frame numbers) with times and per-camera pose metadata."""
-    transforms = clip.transforms
-    frames = {int(f["frame_index"]): f for f in transforms["frames"]}
-    c2w = torch.tensor([frames[i]["transform_matrix"] for i in indices], dtype=torch.float32)[:, :3, :4]
-    n = len(indices)
+    c2w = torch.from_numpy(clip.camera_to_worlds(indices))
+    camera = clip.intrinsics
     return Cameras(
         camera_to_worlds=c2w,
-        fx=float(transforms["fl_x"]),
-        fy=float(transforms["fl_y"]),
-        cx=float(transforms["cx"]),
-        cy=float(transforms["cy"]),
-        width=int(transforms["w"]),
-        height=int(transforms["h"]),
+        fx=camera.fx,
+        fy=camera.fy,
+        cx=camera.cx,
+        cy=camera.cy,
+        width=camera.width,
+        height=camera.height,
         camera_type=CameraType.PERSPECTIVE,
         times=C.frame_to_time(torch.tensor(indices, dtype=torch.float32)[:, None], clip.num_frames),
-        metadata={C.META_POSE: c2w.reshape(n, 12)},
+        metadata={C.META_POSE: c2w.reshape(len(indices), 12)},
     )
 
 
@@ -127,17 +125,11 @@ class JeanDataParser(DataParser):
             indices = clip.eval_indices
         if not indices:
             exit_or_raise(DatasetError(f"{clip.root}: the '{split}' split is empty; re-process a longer clip."))
+        try:
+            clip.camera_to_worlds()  # every frame has its camera: the model reads all of them, not just this split's
+        except DatasetError as err:
+            exit_or_raise(err)
         frames = {int(f["frame_index"]): f for f in clip.transforms["frames"]}
-        missing = [i for i in indices if i not in frames]
-        if missing:
-            exit_or_raise(DatasetError(
-                f"{clip.root / C.TRANSFORMS_FILE}: frames {missing[:5]} of the split are missing; re-run `jean-process` "
-                "with --force."
-            ))
-        all_indices = list(range(clip.num_frames))
-        all_c2w = clip_cameras(clip, all_indices).camera_to_worlds
-        transforms = clip.transforms
-        aabb = torch.tensor(clip.metadata["camera"]["scene_box"], dtype=torch.float32)
         if clip.has_frames:
             images = [clip.root / frames[i]["file_path"] for i in indices]
             labels: Optional[List[Path]] = [clip.root / frames[i]["segmentation_path"] for i in indices]
@@ -148,14 +140,6 @@ class JeanDataParser(DataParser):
         return DataparserOutputs(
             image_filenames=images,
             cameras=clip_cameras(clip, indices),
-            scene_box=SceneBox(aabb=aabb),
-            metadata={
-                "jean_clip_root": clip.root,
-                "jean_has_frames": clip.has_frames,
-                "jean_camera_to_worlds": all_c2w,
-                "jean_intrinsics": [transforms["fl_x"], transforms["fl_y"], transforms["cx"], transforms["cy"],
-                                    transforms["w"], transforms["h"]],
-                "jean_frame_indices": indices,
-                "segmentation_filenames": labels,
-            },
+            scene_box=SceneBox(aabb=torch.from_numpy(clip.scene_box)),
+            metadata={C.DATAPARSER_CLIP: clip, "segmentation_filenames": labels},
         )

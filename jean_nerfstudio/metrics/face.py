@@ -4,7 +4,7 @@ Each frame (rendered or real) is measured once by `FaceMeter` (478 landmarks in 
 compare the measurements of matching frames. Frames where either side shows no face are skipped and counted, so a
 metric is `None` (with the reason) only when no frame pair has faces at all.
 
-Relies on `jean_nerfstudio.process.landmarks.make_landmarker("mediapipe", video=False)` and its `FaceObservation`
+Relies on `jean_nerfstudio.landmarker.make_landmarker("mediapipe", video=False)` and its `FaceObservation`
 (`points` [478, 3] pixels, `blendshapes` [52] in `constants.MEDIAPIPE_BLENDSHAPES` order).
 """
 
@@ -56,7 +56,7 @@ class FaceMeter:
     """
 
     def __init__(self, model_path=None) -> None:
-        from jean_nerfstudio.process.landmarks import make_landmarker
+        from jean_nerfstudio.landmarker import make_landmarker
 
         self._landmarker = make_landmarker("mediapipe", video=False, model_path=model_path, num_faces=1)
 
@@ -147,7 +147,7 @@ def blendshape_track(measurements: Sequence[FaceMeasurement], name: str) -> Tupl
 def landmark_track(measurements: Sequence[FaceMeasurement]) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """Landmarks of every frame [N, 478, 3] (missing frames filled by linear interpolation) and the found mask;
     None when no frame has a face."""
-    from jean_nerfstudio.process.landmarks import interpolate_missing
+    from jean_nerfstudio.landmarker import interpolate_missing
 
     found = np.array([m.found for m in measurements], dtype=bool)
     if not found.any():

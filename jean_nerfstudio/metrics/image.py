@@ -14,25 +14,38 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from jean_nerfstudio.models.jean_model import psnr as _psnr
-from jean_nerfstudio.models.jean_model import ssim as _ssim
+
+
+def psnr_tensor(prediction: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB of two same-shaped tensors in [0, 1], as a 0-d tensor (training metrics stay on the device)."""
+    mse = (prediction.float() - target.float()).pow(2).mean()
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def ssim_tensor(prediction: Float[Tensor, "H W 3"], target: Float[Tensor, "H W 3"]) -> Tensor:
+    """SSIM of two images in [0, 1] as a 0-d tensor (torchmetrics, Gaussian 11x11 window)."""
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(
+        prediction.permute(2, 0, 1)[None].float(), target.permute(2, 0, 1)[None].float(), data_range=1.0
+    )
 
 
 def psnr(rendered: Float[Tensor, "H W 3"], real: Float[Tensor, "H W 3"]) -> float:
     """PSNR in dB of images in [0, 1]."""
-    return float(_psnr(rendered.clamp(0, 1), real))
+    return float(psnr_tensor(rendered.clamp(0, 1), real))
 
 
 def masked_psnr(rendered: Float[Tensor, "H W 3"], real: Float[Tensor, "H W 3"], mask: Bool[Tensor, "H W"]) -> Optional[float]:
     """PSNR over the pixels of `mask` (None when the mask is empty)."""
     if not bool(mask.any()):
         return None
-    return float(_psnr(rendered.clamp(0, 1)[mask], real[mask]))
+    return float(psnr_tensor(rendered.clamp(0, 1)[mask], real[mask]))
 
 
 def ssim(rendered: Float[Tensor, "H W 3"], real: Float[Tensor, "H W 3"]) -> float:
     """SSIM of images in [0, 1] (torchmetrics, Gaussian 11x11 window)."""
-    return float(_ssim(rendered.clamp(0, 1), real))
+    return float(ssim_tensor(rendered.clamp(0, 1), real))
 
 
 _BACKBONE_WEIGHTS = {"alex": ("AlexNet_Weights", "alexnet"), "vgg": ("VGG16_Weights", "vgg16")}

@@ -28,7 +28,7 @@ from torch import Tensor
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.contract import ProcessedClip
 from jean_nerfstudio.expression.source import ExpressionSequence
-from jean_nerfstudio.models.jean_model import JeanModel, head_pose_features, sample_image
+from jean_nerfstudio.models.jean_model import JeanModel, composite_layers, head_pose_features, sample_image
 
 DensityFn = Callable[[Float[Tensor, "n 3"]], Tuple[Float[Tensor, "n"], Float[Tensor, "n geometry"]]]
 """Positions -> (density, geometry features): the head field under one code pair."""
@@ -78,8 +78,7 @@ class JeanDriver:
     @property
     def scene_scale_cm(self) -> float:
         """Centimetres per scene unit of the training clip (another clip's poses are rescaled to it)."""
-        clip = ProcessedClip.open(self.model.clip_root)
-        return float(clip.metadata.get("camera", {}).get("scene_scale_cm", 10.0))
+        return self.model.clip.scene_scale_cm
 
     @property
     def aabb(self) -> Float[Tensor, "2 3"]:
@@ -247,5 +246,4 @@ class JeanDriver:
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
             torso_rgb, torso_alpha = model.torso(uv, pose)
         background = sample_image(model.background, uv)
-        under = torso_alpha.float() * torso_rgb.float() + (1.0 - torso_alpha.float()) * background
-        return head_rgb + (1.0 - accumulation) * under
+        return composite_layers(head_rgb, accumulation, torso_rgb.float(), torso_alpha.float(), background)

@@ -41,6 +41,7 @@ from jean_nerfstudio.expression.objective import ridge_r2
 from jean_nerfstudio.expression.source import build_expression_source
 from jean_nerfstudio.fields.jean_field import ConditionedProposalField, JeanHeadField
 from jean_nerfstudio.fields.torso_field import TorsoField
+from jean_nerfstudio.metrics.image import psnr_tensor, ssim_tensor
 from jean_nerfstudio.models.conditioning import AudioConditioner, ExpressionConditioner
 from jean_nerfstudio.models.viewer_controls import JeanViewerControls, TrainingView
 
@@ -178,20 +179,19 @@ class JeanModel(Model):
     # ------------------------------------------------------------------------------------------------------------------
     def populate_modules(self) -> None:
         # (The base class would add a near/far collider; rays are clipped to the dataset's head box instead, below.)
-        metadata = self.kwargs.get("metadata") or {}
-        if "jean_clip_root" not in metadata:
-            raise ValueError("JeanModel needs the `jean-data` dataparser (metadata 'jean_clip_root' missing).")
-        clip = ProcessedClip.open(Path(metadata["jean_clip_root"]))
-        self.clip_root = clip.root
+        clip = (self.kwargs.get("metadata") or {}).get(C.DATAPARSER_CLIP)
+        if not isinstance(clip, ProcessedClip):
+            raise ValueError(f"JeanModel needs the `jean-data` dataparser (metadata {C.DATAPARSER_CLIP!r} missing).")
+        self.clip = clip
         self.num_frames = clip.num_frames
         self.fps = clip.fps
 
         # Frame-indexed tensors of the training clip (recomputed from the dataset at load, so not in checkpoints).
-        c2w = torch.as_tensor(metadata["jean_camera_to_worlds"], dtype=torch.float32)  # [N, 3, 4]
+        c2w = torch.from_numpy(clip.camera_to_worlds())  # [N, 3, 4]
         self.register_buffer("clip_camera_to_worlds", c2w, persistent=False)
-        fx, fy, cx, cy, width, height = [float(v) for v in metadata["jean_intrinsics"]]
-        self.register_buffer("intrinsics", torch.tensor([fx, fy, cx, cy]), persistent=False)
-        self.image_width, self.image_height = int(width), int(height)
+        camera = clip.intrinsics
+        self.register_buffer("intrinsics", torch.tensor([camera.fx, camera.fy, camera.cx, camera.cy]), persistent=False)
+        self.image_width, self.image_height = camera.width, camera.height
         background = torch.from_numpy(clip.background()).permute(2, 0, 1).contiguous()  # [3, H, W]
         self.register_buffer("background", background, persistent=False)
         pose_features = head_pose_features(c2w)
@@ -290,7 +290,7 @@ class JeanModel(Model):
             training_view=TrainingView(
                 camera_to_worlds=c2w.double(),
                 look_at=self.scene_box.aabb.double().mean(0),
-                fy=fy,
+                fy=camera.fy,
                 image_height=self.image_height,
             ),
         )
@@ -407,8 +407,7 @@ class JeanModel(Model):
 
         torso_rgb, torso_alpha = self.torso(cond["uv"], cond["pose"])
         background = sample_image(self.background, cond["uv"])
-        under = torso_alpha * torso_rgb + (1.0 - torso_alpha) * background
-        rgb = head_rgb + (1.0 - accumulation) * under
+        rgb = composite_layers(head_rgb, accumulation, torso_rgb, torso_alpha, background)
 
         safe_acc = accumulation.clamp_min(1e-6)
         outputs: Dict[str, Tensor | List] = {
@@ -483,12 +482,12 @@ class JeanModel(Model):
     # ------------------------------------------------------------------------------------------------------------------
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         image = batch["image"].to(self.device)[..., :3]
-        metrics = {"psnr": psnr(outputs["rgb"], image)}
+        metrics = {"psnr": psnr_tensor(outputs["rgb"], image)}
         labels = batch_labels(batch, self.device)
         if labels is not None:
             mouth = labels == C.LABEL_MOUTH
             if mouth.any():
-                metrics["psnr_mouth"] = psnr(outputs["rgb"][mouth], image[mouth])
+                metrics["psnr_mouth"] = psnr_tensor(outputs["rgb"][mouth], image[mouth])
         if self.training:
             metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
         return metrics
@@ -543,15 +542,15 @@ class JeanModel(Model):
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         image = batch["image"].to(self.device)[..., :3]
         rgb = outputs["rgb"].clamp(0.0, 1.0)
-        metrics = {"psnr": float(psnr(rgb, image)), "ssim": float(ssim(rgb, image))}
+        metrics = {"psnr": float(psnr_tensor(rgb, image)), "ssim": float(ssim_tensor(rgb, image))}
         labels = batch_labels(batch, self.device)
         if labels is not None:
             mouth = labels == C.LABEL_MOUTH
             if mouth.any():
-                metrics["psnr_mouth"] = float(psnr(rgb[mouth], image[mouth]))
+                metrics["psnr_mouth"] = float(psnr_tensor(rgb[mouth], image[mouth]))
             head = (labels == C.LABEL_HEAD) | mouth
             if head.any():
-                metrics["psnr_head"] = float(psnr(rgb[head], image[head]))
+                metrics["psnr_head"] = float(psnr_tensor(rgb[head], image[head]))
         images = {
             "img": torch.cat([image, rgb], dim=1),
             "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
@@ -608,6 +607,19 @@ def project_directions(
     return torch.stack([u / width, v / height], dim=-1)
 
 
+def composite_layers(
+    head_rgb: Float[Tensor, "*rays 3"],
+    accumulation: Float[Tensor, "*rays 1"],
+    torso_rgb: Float[Tensor, "*rays 3"],
+    torso_alpha: Float[Tensor, "*rays 1"],
+    background: Float[Tensor, "*rays 3"],
+) -> Float[Tensor, "*rays 3"]:
+    """The picture's three layers, front to back: the head (premultiplied colour and its opacity) over the torso
+    (straight colour, alpha) over the background plate. The one rule the forward pass and every renderer use."""
+    under = torso_alpha * torso_rgb + (1.0 - torso_alpha) * background
+    return head_rgb + (1.0 - accumulation) * under
+
+
 def sample_image(image: Float[Tensor, "3 H W"], uv: Float[Tensor, "rays 2"]) -> Float[Tensor, "rays 3"]:
     """Bilinear lookup of an image at normalized pixel positions (edge pixels repeat outside)."""
     grid = (uv * 2.0 - 1.0)[None, :, None, :].to(image.dtype)  # [1, R, 1, 2]
@@ -621,16 +633,3 @@ def batch_labels(batch: Dict[str, Tensor], device) -> Optional[Int[Tensor, "*ray
         return None
     labels = labels.to(device)
     return labels[..., 0] if labels.shape[-1] == 1 else labels
-
-
-def psnr(prediction: Tensor, target: Tensor) -> Tensor:
-    mse = (prediction.float() - target.float()).pow(2).mean()
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
-
-
-def ssim(prediction: Float[Tensor, "H W 3"], target: Float[Tensor, "H W 3"]) -> Tensor:
-    from torchmetrics.functional import structural_similarity_index_measure
-
-    return structural_similarity_index_measure(
-        prediction.permute(2, 0, 1)[None].float(), target.permute(2, 0, 1)[None].float(), data_range=1.0
-    )

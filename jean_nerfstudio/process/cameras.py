@@ -35,7 +35,7 @@ from jaxtyping import Float
 
 from jean_nerfstudio.process.bundle_adjust import RigidState, Weights, bundle_adjust_rigid, single_threaded_blas
 from jean_nerfstudio.process.config import BundleAdjustConfig
-from jean_nerfstudio.process.landmarks import MEDIAPIPE_VERTICAL_FOV_DEG
+from jean_nerfstudio.landmarker import MEDIAPIPE_VERTICAL_FOV_DEG
 
 # Scene box margins around the landmarks' bounding box, as fractions of its size per axis: the landmarks stop at the
 # hairline, the ears and the face's front, but the head goes on with hair above, the skull behind and hair beside.

@@ -135,7 +135,7 @@ def entrypoint() -> None:
     """The `jean-process` console script."""
     import tyro
 
-    from jean_nerfstudio.process.native_log import filtered_native_stderr
+    from jean_nerfstudio.utils.native_log import filtered_native_stderr
 
     config = tyro.cli(ProcessConfig, description=__doc__.splitlines()[0])
     with filtered_native_stderr():  # MediaPipe's native log lines would bury the one-line error

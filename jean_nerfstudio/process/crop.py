@@ -107,7 +107,7 @@ class FaceFinder:
         return faces
 
     def _detect_at(self, image: np.ndarray, x0: int, y0: int, side: int) -> list:
-        from jean_nerfstudio.process.landmarks import FaceObservation
+        from jean_nerfstudio.landmarker import FaceObservation
 
         tile = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side])
         found = []
@@ -187,8 +187,10 @@ def _subject_boxes(per_frame: List[list]) -> List[np.ndarray]:
 
 def run_crop(ctx) -> Dict[str, Any]:
     """Stage `crop`: detect faces on sampled frames, pick the crop and the output size."""
-    from jean_nerfstudio.process.decode import VideoProbe, iter_resampled_frames
-    from jean_nerfstudio.process.landmarks import face_size, make_landmarker
+    from jean_nerfstudio.process.decode import iter_resampled_frames
+    from jean_nerfstudio.video_io import VideoProbe
+    from jean_nerfstudio.landmarker import make_landmarker
+    from jean_nerfstudio.process.landmarks import face_size
 
     cfg = ctx.config
     media = ctx.result("media")
@@ -248,7 +250,8 @@ def run_frames(ctx) -> Dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     from jean_nerfstudio.contract import frame_name
-    from jean_nerfstudio.process.decode import VideoProbe, iter_resampled_frames
+    from jean_nerfstudio.process.decode import iter_resampled_frames
+    from jean_nerfstudio.video_io import VideoProbe
     from jean_nerfstudio.utils.atomic import write_bytes
 
     cfg = ctx.config

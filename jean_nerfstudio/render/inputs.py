@@ -119,11 +119,9 @@ def clip_camera_to_worlds(clip_dir: Path, scene_scale_cm: float) -> Tuple[Float[
     from jean_nerfstudio.contract import ProcessedClip
 
     clip = ProcessedClip.open(clip_dir)
-    frames = sorted(clip.transforms["frames"], key=lambda f: int(f["frame_index"]))
-    c2w = torch.tensor([f["transform_matrix"] for f in frames], dtype=torch.float32)[:, :3, :4]
+    c2w = torch.from_numpy(clip.camera_to_worlds())
     # Each clip's canonical head frame is in its own scene units (cm per unit); a head is a head, so match the units.
-    other_scale = float(clip.metadata.get("camera", {}).get("scene_scale_cm", scene_scale_cm))
-    c2w[:, :, 3] *= other_scale / scene_scale_cm
+    c2w[:, :, 3] *= clip.scene_scale_cm / scene_scale_cm
     return c2w, clip.fps
 
 
