@@ -132,3 +132,39 @@ def test_refuses_a_folder_with_files_it_did_not_write(tiny_clip: Path, tmp_path:
         process(_config(tiny_clip, out))
     assert (out / "images" / "holiday.jpg").read_bytes() == b"x"
     assert not (out / C.STAGES_DIR).exists()
+
+
+def test_run_bounded_keeps_few_jobs_in_flight_and_raises_their_errors():
+    """The frames and masks stages' bounded queue: the producer stays at most `max_pending` jobs ahead of the
+    workers, every job finishes once, and a worker's error reaches the caller."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jean_nerfstudio.process.stages import run_bounded
+
+    lock = threading.Lock()
+    produced, finished, most_ahead = [0], [0], [0]
+
+    def job():
+        time.sleep(0.005)  # slower than the producer: without the bound it would run far ahead
+        with lock:
+            finished[0] += 1
+
+    def jobs(count):
+        for _ in range(count):
+            with lock:
+                most_ahead[0] = max(most_ahead[0], produced[0] - finished[0])
+            produced[0] += 1
+            yield job
+
+    done = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        run_bounded(pool, jobs(50), max_pending=3, on_done=lambda: done.append(1))
+    assert finished[0] == 50 and len(done) == 50
+    assert most_ahead[0] <= 3 + 1  # the queue bound, plus the one job being handed over
+
+    def failing():
+        raise ValueError("frame 7: cannot encode")
+
+    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError, match="frame 7"):
+        run_bounded(pool, iter([job, failing, job]), max_pending=1, on_done=lambda: None)

@@ -12,6 +12,7 @@ and the landmarker; neither of those imports this module.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -187,10 +188,10 @@ def _subject_boxes(per_frame: List[list]) -> List[np.ndarray]:
 
 def run_crop(ctx) -> Dict[str, Any]:
     """Stage `crop`: detect faces on sampled frames, pick the crop and the output size."""
-    from jean_nerfstudio.process.decode import iter_resampled_frames
-    from jean_nerfstudio.video_io import VideoProbe
     from jean_nerfstudio.landmarker import make_landmarker
+    from jean_nerfstudio.process.decode import iter_resampled_frames
     from jean_nerfstudio.process.landmarks import face_size
+    from jean_nerfstudio.video_io import VideoProbe
 
     cfg = ctx.config
     media = ctx.result("media")
@@ -251,8 +252,9 @@ def run_frames(ctx) -> Dict[str, Any]:
 
     from jean_nerfstudio.contract import frame_name
     from jean_nerfstudio.process.decode import iter_resampled_frames
-    from jean_nerfstudio.video_io import VideoProbe
+    from jean_nerfstudio.process.stages import run_bounded
     from jean_nerfstudio.utils.atomic import write_bytes
+    from jean_nerfstudio.video_io import VideoProbe
 
     cfg = ctx.config
     probe = VideoProbe(**ctx.result("media")["probe"])
@@ -275,15 +277,12 @@ def run_frames(ctx) -> Dict[str, Any]:
         write_bytes(folder / frame_name(index, "jpg"), payload.tobytes())
 
     if todo:
+        frames = iter_resampled_frames(cfg.video, probe, cfg.fps, num_frames, wanted=todo)
         with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-            pending = []
-            for index, image in iter_resampled_frames(cfg.video, probe, cfg.fps, num_frames, wanted=todo):
-                pending.append(pool.submit(encode, index, image))
-                # Bounded queue: decoded frames must not pile up in memory faster than they are written.
-                while len(pending) > 4 * max(1, cfg.workers):
-                    pending.pop(0).result()
-                    ctx.progress.advance("frames")
-            for future in pending:
-                future.result()
-                ctx.progress.advance("frames")
+            run_bounded(
+                pool,
+                (functools.partial(encode, index, image) for index, image in frames),
+                max_pending=4 * max(1, cfg.workers),
+                on_done=lambda: ctx.progress.advance("frames"),
+            )
     return {"num_frames": num_frames, "image_size": crop.image_size}

@@ -11,6 +11,7 @@ grown by a margin: the lips and the skin that moves with them. See docs/processi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -327,6 +328,7 @@ def run_masks(ctx) -> Dict[str, Any]:
     from jean_nerfstudio.contract import LANDMARK_GROUPS
     from jean_nerfstudio.contract import frame_name
     from jean_nerfstudio.process.landmarks import iter_frames
+    from jean_nerfstudio.process.stages import run_bounded
     from jean_nerfstudio.utils.atomic import write_bytes
 
     cfg = ctx.config
@@ -358,18 +360,14 @@ def run_masks(ctx) -> Dict[str, Any]:
             plate_usable[index] = person == 0
 
     segmenter, description = make_segmenter(cfg.segmenter, cfg.segmenter_model)
-    with segmenter, ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-        pending = []
+    def jobs():
+        # The segmenter runs here, on the calling thread; label maps are encoded and written on the pool.
         for i, image in iter_frames(ctx.root / C.IMAGES_DIR, num_frames):
             geo = face_geometry(points_2d[i], groups, jaw_order)
-            confidence = segmenter.person(image, geo)
-            pending.append(pool.submit(finish, i, image, confidence, geo))
-            while len(pending) > 4 * max(1, cfg.workers):
-                pending.pop(0).result()
-                ctx.progress.advance("masks")
-        for future in pending:
-            future.result()
-            ctx.progress.advance("masks")
+            yield functools.partial(finish, i, image, segmenter.person(image, geo), geo)
+
+    with segmenter, ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        run_bounded(pool, jobs(), max_pending=4 * max(1, cfg.workers), on_done=lambda: ctx.progress.advance("masks"))
     ids = sorted(plate_frames)
     plate, seen = background_plate(np.stack([plate_frames[i] for i in ids]), np.stack([plate_usable[i] for i in ids]))
     ok, payload = cv2.imencode(".png", cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))

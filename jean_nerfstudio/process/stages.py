@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.process.errors import ProcessError
@@ -35,6 +35,22 @@ from jean_nerfstudio.utils.atomic import write_json
 
 # Temporary names of `jean_nerfstudio.utils.atomic.temp_path_for`: `.<stem>.tmp-<pid><suffix>`.
 TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+
+
+def run_bounded(pool, jobs: Iterable[Callable[[], None]], max_pending: int, on_done: Callable[[], None]) -> None:
+    """Run `jobs` on a thread `pool` with at most `max_pending` in flight, calling `on_done` as each finishes (in
+    submission order). The producer (frame decoding, the segmenter) runs on the calling thread as the iterable is
+    consumed, so decoded frames cannot pile up in memory faster than the workers write them; a job's exception is
+    raised here."""
+    pending = []
+    for job in jobs:
+        pending.append(pool.submit(job))
+        while len(pending) > max_pending:
+            pending.pop(0).result()
+            on_done()
+    for future in pending:
+        future.result()
+        on_done()
 
 
 def _alive(pid: int) -> bool:
