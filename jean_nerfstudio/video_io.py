@@ -1,4 +1,5 @@
-"""Writing talking-head videos: RGB frames + a waveform -> one H.264 + AAC mp4, with PyAV, atomically.
+"""Video files with PyAV: checking an input before anything decodes it (`probe_video`), writing talking-head videos
+(RGB frames + a waveform -> one H.264 + AAC mp4, atomically) and reading them back.
 
 PyAV's wheel carries its own FFmpeg with libx264 and the native AAC encoder, so this works on a machine without an
 `ffmpeg` binary. Frames are streamed: the writer holds one frame and the audio that belongs up to it, never the video.

@@ -3,6 +3,8 @@
 Timing rule (docs/dataset_contract.md): output frame i shows the source frame on screen at time t0 + i / fps, where t0
 is the first video frame's presentation time; output audio sample k is the source audio at t0 + k / 16000. The audio
 stream's own start time is honoured, so a stream that starts late or early (edit lists, muxing offsets) stays in sync.
+The input is checked first by `video_io.probe_video` (shared with `jean-eval`), whose one-line errors become
+`ProcessError`s here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.process.errors import ProcessError
 from jean_nerfstudio.video_io import VideoFileError, VideoProbe, open_video, probe_video
+
 
 @contextlib.contextmanager
 def _as_process_error() -> Iterator[None]:
