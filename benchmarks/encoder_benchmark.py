@@ -18,6 +18,9 @@ it trains `jean-small` (or nerfacto) for the same iterations, then reports
     python benchmarks/encoder_benchmark.py PROCESSED/obama_2 PROCESSED/mimictalk_german_20s \
         --tracks ../shared/data/audio/{german,chinese,japanese}.wav --iterations 1000 --output docs/bench/encoders.json
 
+`--heads DIR` keeps every trained head (DIR/CLIP/ARM.pt) and loads it on the next run instead of training again, so
+longer or other tracks can be measured on the same heads.
+
 The JSON names clips and tracks by file name only (no paths of this machine).
 """
 
@@ -54,6 +57,29 @@ def parse_model_overrides(items: List[str]) -> Dict[str, Any]:
         except (ValueError, SyntaxError):
             overrides[name.strip()] = text
     return overrides
+
+
+def save_head(pipeline, path: Path, overrides: Dict[str, Any], iterations: int, timing: Dict[str, float]) -> None:
+    """A trained head's weights with what it was trained under (written whole, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    payload = {"model": pipeline.model.state_dict(), "overrides": overrides, "iterations": iterations, "timing": timing}
+    torch.save(payload, partial)
+    partial.replace(path)
+
+
+def load_head(config, path: Path, overrides: Dict[str, Any], iterations: int):
+    """The pipeline of `config` with a kept head's weights, refusing a head trained under other settings."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload["overrides"] != overrides or payload["iterations"] != iterations:
+        raise SystemExit(
+            f"{path}: trained with {payload['overrides']} for {payload['iterations']} iterations, not {overrides} for "
+            f"{iterations}; give another --heads folder or delete it."
+        )
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline.model.load_state_dict(payload["model"])
+    pipeline.eval()
+    return pipeline, dict(payload["timing"])
 
 
 def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None):
@@ -208,6 +234,9 @@ def main() -> None:
                         help="extra renders of the first track: with the neutral expression held, and with silence")
     parser.add_argument("--model-set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="JeanModelConfig overrides for the jean arms (ablations), e.g. expression_jitter_seconds=0")
+    parser.add_argument("--heads", type=Path, default=None,
+                        help="keep each trained jean head here (CLIP/ARM.pt); a head already there is loaded, not "
+                        "retrained, so longer or other tracks can be measured on the same heads")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     overrides = parse_model_overrides(args.model_set)
@@ -241,17 +270,28 @@ def main() -> None:
                     config = nerfacto_pipeline_config(clip_dir, 1024, jean_model)
                 else:
                     config = jean_config(clip_dir, arm, overrides)
-                print(f"{name} / {arm}: training {args.iterations} iterations")
-                run = train(config, "cpu", max_steps=args.iterations)
+                kept = args.heads / name / f"{arm}.pt" if args.heads is not None and arm != "nerfacto" else None
+                if kept is not None and kept.is_file():
+                    pipeline, timing = load_head(config, kept, overrides, args.iterations)
+                    print(f"{name} / {arm}: loaded the trained head {kept}")
+                else:
+                    print(f"{name} / {arm}: training {args.iterations} iterations")
+                    run = train(config, "cpu", max_steps=args.iterations)
+                    pipeline = run.pipeline
+                    timing = {
+                        "train_seconds": round(run.train_seconds, 1),
+                        "seconds_per_iteration": round(run.seconds_per_iteration, 3),
+                    }
+                    if kept is not None:
+                        save_head(pipeline, kept, overrides, args.iterations, timing)
                 arm_entry: Dict[str, Any] = {
-                    "train_seconds": round(run.train_seconds, 1),
-                    "seconds_per_iteration": round(run.seconds_per_iteration, 3),
-                    "held_out": evaluate_held_out(run.pipeline, args.eval_frames, meter),
+                    **timing,
+                    "held_out": evaluate_held_out(pipeline, args.eval_frames, meter),
                 }
                 print(f"  held out: {arm_entry['held_out']}")
                 if arm != "nerfacto":
                     arm_entry["lip_sync"] = lip_sync(
-                        run.pipeline.model, args.tracks, args.seconds, args.size, meter, args.diagnostics
+                        pipeline.model, args.tracks, args.seconds, args.size, meter, args.diagnostics
                     )
                 entry[arm] = arm_entry
                 save()
