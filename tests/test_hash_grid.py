@@ -50,6 +50,7 @@ def test_torch_path_matches_tcnn_arithmetic(dims, levels, log2, base, top):
     points = torch.rand(40, dims)
     points[0] = 0.0
     points[1] = 1.0
+    points[2:6] = torch.rand(4, dims) * 4.0 - 2.0  # outside the box: vertices wrap at 2^32 as in tcnn
     with torch.no_grad():
         torch.testing.assert_close(grid(points), reference_encode(grid, points), rtol=1e-5, atol=1e-5)
 
@@ -104,6 +105,52 @@ def test_gradients_match_plain_autograd():
     plain = torch.autograd.grad((reference_encode(grid, points) * upstream).sum(), (grid.params, points))
     torch.testing.assert_close(ours[0], plain[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours[1], plain[1], rtol=1e-3, atol=1e-3)
+
+
+def test_fixed_positions_take_the_fused_path_with_the_same_values_and_table_gradients():
+    """Positions that need no gradient (rendering; the coarse and proposal grids in training) go through the fused
+    `embedding_bag` forward, whose values and table gradient must equal the gather path's and plain autograd's."""
+    from jean_nerfstudio.fields import hash_grid
+
+    torch.manual_seed(2)
+    grid = HashGrid(num_levels=6, log2_hashmap_size=12, base_resolution=4, max_resolution=128,
+                    implementation="torch", init_scale=1.0)
+    points = torch.rand(300, 3)
+    upstream = torch.randn(300, grid.out_dim)
+    calls = []
+    original = hash_grid._FusedInterpolate.apply
+    hash_grid._FusedInterpolate.apply = lambda *args: calls.append(1) or original(*args)
+    try:
+        fused_grad = torch.autograd.grad((grid(points) * upstream).sum(), grid.params)[0]
+        with torch.no_grad():
+            fused_values = grid(points)
+    finally:
+        hash_grid._FusedInterpolate.apply = original
+    assert len(calls) == 2
+    plain_grad = torch.autograd.grad((reference_encode(grid, points) * upstream).sum(), grid.params)[0]
+    torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-4, atol=1e-5)
+    moving = points.clone().requires_grad_(True)  # the gather path (positions need their gradient)
+    torch.testing.assert_close(fused_values, grid(moving).detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no gradient to the weights"):
+        hash_grid._interpolate_fused(grid.params.view(-1, 2), torch.zeros(3, 8, dtype=torch.long),
+                                     torch.rand(3, 8, requires_grad=True))
+
+
+@pytest.mark.parametrize("dims,levels,log2,base,top", [(3, 6, 12, 4, 128), (2, 5, 10, 8, 256), (3, 5, 17, 16, 128)])
+def test_rendering_path_matches_tcnn_arithmetic_and_follows_the_table(dims, levels, log2, base, top):
+    """With no gradient anywhere and the points inside the box (rendering), dense levels are interpolated in padded
+    volumes by grid_sample: the same values as the reference, including the box faces where tcnn's upper vertex wraps
+    into the next row, and rebuilt after the table changes (an optimizer step during a viewer session)."""
+    torch.manual_seed(levels)
+    grid = HashGrid(num_dims=dims, num_levels=levels, log2_hashmap_size=log2, base_resolution=base,
+                    max_resolution=top, implementation="torch", init_scale=1.0)
+    points = torch.rand(300, dims)
+    points[:8] = torch.rand(8, dims).round()  # box corners and faces
+    with torch.no_grad():
+        torch.testing.assert_close(grid(points), reference_encode(grid, points), rtol=1e-5, atol=2e-5)
+        assert len(grid._volume_cache[1]) == sum(not lv.hashed for lv in grid.levels) > 0  # the volumes were used
+        grid.params.mul_(-0.5)
+        torch.testing.assert_close(grid(points), reference_encode(grid, points), rtol=1e-5, atol=2e-5)
 
 
 def test_implementation_selection_without_cuda():

@@ -251,3 +251,44 @@ def test_audio_code_is_asked_to_read_out_the_speech_mouth(tmp_path):
     assert float(ridge_r2(centred, centred, ridge=1e-6)) > 0.99
     noise = torch.randn(model.num_frames, 2)
     assert float(ridge_r2(noise - noise.mean(0), centred)) < 0.2
+
+
+def test_proposal_field_splits_its_first_layer_exactly():
+    """The proposal field adds its per-ray condition's half of the first layer once per ray; the result must be the
+    plain MLP over [grid features, condition] of every sample."""
+    from jean_nerfstudio.fields.jean_field import ConditionedProposalField, inside_unit_box, normalize_to_box
+    from nerfstudio.field_components.activations import trunc_exp
+
+    torch.manual_seed(3)
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    field = ConditionedProposalField(aabb, cond_dim=12, implementation="torch")
+    positions = torch.rand(5, 7, 3) * 2.4 - 1.2  # some samples fall outside the box
+    cond = torch.randn(5, 12)
+    x = normalize_to_box(positions, aabb)
+    features = field.grid(x.clamp(0.0, 1.0))
+    plain = field.mlp(torch.cat([features, cond[:, None, :].expand(5, 7, 12)], dim=-1))
+    expected = trunc_exp(plain - 1.0) * inside_unit_box(x)
+    torch.testing.assert_close(field.density_fn(positions, cond=cond), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_head_field_takes_per_ray_codes_like_per_sample_codes():
+    """Per-ray codes [R, 1, D] (what the model passes) give what the same codes copied to every sample give, and the
+    part-by-part first layers equal the layers on the concatenation."""
+    from jean_nerfstudio.fields.jean_field import JeanHeadField, linear_on_parts
+
+    torch.manual_seed(4)
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    field = JeanHeadField(aabb, audio_dim=6, expression_dim=5, num_levels=4, log2_hashmap_size=10, max_resolution=64,
+                          coarse_levels=3, implementation="torch")
+    torch.nn.init.normal_(field.deformation[-1].weight, std=0.5)  # a moving field: the deformation path counts
+    positions, directions = torch.rand(4, 9, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(4, 9, 3), dim=-1)
+    audio, expression = torch.randn(4, 1, 6), torch.randn(4, 1, 5)
+    per_ray = field(positions, directions, audio, expression)
+    per_sample = field(positions, directions, audio.expand(-1, 9, -1), expression.expand(-1, 9, -1))
+    for key in ("density", "rgb", "offset"):
+        torch.testing.assert_close(per_ray[key], per_sample[key], rtol=1e-5, atol=1e-6)
+    layer = torch.nn.Linear(7, 3)
+    a, b = torch.randn(4, 9, 2), torch.randn(4, 9, 5)
+    torch.testing.assert_close(linear_on_parts(layer, [a, b]), layer(torch.cat([a, b], dim=-1)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="total width 2"):
+        linear_on_parts(layer, [a])

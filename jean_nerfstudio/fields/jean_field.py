@@ -17,7 +17,7 @@ The deformation is regularized towards zero by the model.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -36,6 +36,36 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequentia
         modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
     modules.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*modules)
+
+
+def linear_on_parts(layer: nn.Linear, parts: Sequence[Tensor]) -> Tensor:
+    """`layer(torch.cat(parts, dim=-1))` without building the concatenation: one product per part, accumulated.
+
+    The same values; about twice as fast on the CPU for the per-sample layers that read [features, condition], whose
+    concatenation was a full copy of every sample's inputs. A part may have size 1 in a batch dimension (a per-ray
+    condition shared by the ray's samples): its product is computed once and broadcast.
+    """
+    out: Optional[Tensor] = None
+    start = 0
+    for part in parts:
+        stop = start + part.shape[-1]
+        weight = layer.weight[:, start:stop]
+        if out is None:
+            out = nn.functional.linear(part, weight, layer.bias)
+        elif part.shape[:-1] == out.shape[:-1]:
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]), part.reshape(-1, part.shape[-1]), weight.t())
+            out = flat.view(out.shape)
+        else:
+            out = out + nn.functional.linear(part, weight)
+        start = stop
+    if out is None or start != layer.in_features:
+        raise ValueError(f"parts of total width {start} for a layer of {layer.in_features} inputs")
+    return out
+
+
+def mlp_on_parts(network: nn.Sequential, parts: Sequence[Tensor]) -> Tensor:
+    """`network(torch.cat(parts, dim=-1))` for an `mlp(...)`, its first layer applied part by part."""
+    return network[1:](linear_on_parts(network[0], parts))
 
 
 def normalize_to_box(positions: Float[Tensor, "*bs 3"], aabb: Float[Tensor, "2 3"]) -> Float[Tensor, "*bs 3"]:
@@ -127,13 +157,14 @@ class JeanHeadField(nn.Module):
         coarse = self.coarse_grid(x_clamped).to(positions.dtype)
         attention = torch.sigmoid(self.attention(coarse))
         att_audio, att_expr = attention.split([self.audio_dim, self.expression_dim], dim=-1)
-        conditioned = torch.cat([att_audio * audio_code, att_expr * expression_code], dim=-1)
+        # One product against both codes (a per-ray code broadcasts over its samples without being copied).
+        conditioned = attention * torch.cat([audio_code, expression_code], dim=-1)
 
-        offset = self.max_offset * torch.tanh(self.deformation(torch.cat([coarse, conditioned], dim=-1)))
+        offset = self.max_offset * torch.tanh(mlp_on_parts(self.deformation, [coarse, conditioned]))
         x_moved = (x_clamped + offset / (self.aabb[1] - self.aabb[0])).clamp(0.0, 1.0)
         features = self.grid(x_moved).to(positions.dtype)
 
-        h = self.density_mlp(torch.cat([features, conditioned], dim=-1))
+        h = mlp_on_parts(self.density_mlp, [features, conditioned])
         density_raw, geo = h.split([1, self.geo_feat_dim], dim=-1)
         return {
             "density": trunc_exp(density_raw.float() - 1.0) * inside,
@@ -155,7 +186,7 @@ class JeanHeadField(nn.Module):
         audio_code: Float[Tensor, "*bs audio_dim"],
         expression_code: Float[Tensor, "*bs expression_dim"],
     ) -> Dict[str, Tensor]:
-        """Evaluate the field at sample points; codes are already broadcast to the points' batch shape.
+        """Evaluate the field at sample points; the codes broadcast to the points' batch shape ([R, 1, D] per ray).
 
         Returns:
             density [*bs, 1], rgb [*bs, 3], offset [*bs, 3] (scene units), audio_attention and
@@ -205,6 +236,7 @@ class ConditionedProposalField(nn.Module):
         features = self.grid(x.clamp(0.0, 1.0)).to(positions.dtype)
         if cond is None:
             raise ValueError("ConditionedProposalField needs the per-ray condition (bind it with functools.partial)")
-        cond_b = cond[..., None, :].expand(*positions.shape[:-1], cond.shape[-1])
-        raw = self.mlp(torch.cat([features, cond_b.to(features.dtype)], dim=-1))
+        # The condition is constant along a ray: its share of the first layer is computed once per ray and broadcast
+        # over the samples instead of being concatenated onto each of them (it is most of the layer's input).
+        raw = mlp_on_parts(self.mlp, [features, cond[..., None, :].to(features.dtype)])
         return trunc_exp(raw.float() - 1.0) * inside

@@ -202,8 +202,7 @@ class JeanDriver:
         audio_code, expression_code = audio_code.to(self.device), expression_code.to(self.device)
 
         def density_fn(points: Float[Tensor, "n 3"]) -> Tuple[Float[Tensor, "n"], Float[Tensor, "n geometry"]]:
-            n = points.shape[0]
-            out = field.density_and_geometry(points, audio_code.expand(n, -1), expression_code.expand(n, -1))
+            out = field.density_and_geometry(points, audio_code[None], expression_code[None])  # broadcast over points
             return out["density"][:, 0], out["geometry"]
 
         def color_fn(geometry: Float[Tensor, "n geometry"], directions: Float[Tensor, "n 3"]) -> Float[Tensor, "n 3"]:
