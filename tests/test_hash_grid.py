@@ -151,6 +151,10 @@ def test_rendering_path_matches_tcnn_arithmetic_and_follows_the_table(dims, leve
         assert len(grid._volume_cache[1]) == sum(not lv.hashed for lv in grid.levels) > 0  # the volumes were used
         grid.params.mul_(-0.5)
         torch.testing.assert_close(grid(points), reference_encode(grid, points), rtol=1e-5, atol=2e-5)
+    # A fused optimizer step leaves the version counter alone; switching to training and back drops the volumes.
+    grid.train()
+    assert grid._volume_cache[1] == []
+    grid.eval()
 
 
 def test_implementation_selection_without_cuda():

@@ -3,6 +3,7 @@ viewer controls, and the geometry helpers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_BATCHES, TINY_MODEL, small_pipeline_config
@@ -292,3 +293,66 @@ def test_head_field_takes_per_ray_codes_like_per_sample_codes():
     torch.testing.assert_close(linear_on_parts(layer, [a, b]), layer(torch.cat([a, b], dim=-1)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="total width 2"):
         linear_on_parts(layer, [a])
+
+
+def test_mouth_readout_recovers_a_linear_map_and_restores_its_spread():
+    """The ridge readout behind `audio_through_mouth_geometry`: on features that carry the targets linearly (plus
+    noise) it predicts held-out frames well, picks its regularization by blocked cross-validation, and its
+    predictions spread like the targets (the gain undoes the ridge's shrinkage); on features unrelated to the targets
+    it predicts nothing."""
+    from jean_nerfstudio.models.conditioning import MouthReadout
+
+    torch.manual_seed(5)
+    frames, k, feature = 400, 3, 16
+    latent = torch.randn(frames, 2).cumsum(0) * 0.1 + torch.randn(frames, 2)
+    targets = latent @ torch.randn(2, 3)
+    neighbours = (latent @ torch.randn(2, feature))[:, None, :].expand(-1, k, -1) + 0.3 * torch.randn(frames, k, feature)
+    train = torch.arange(0, 320)
+    readout = MouthReadout(neighbours, targets, train)
+    assert readout.cv_correlation > 0.8 and readout.ridge in MouthReadout.ridges
+    predicted = readout(neighbours[320:])
+    for column in range(3):
+        r = torch.corrcoef(torch.stack([predicted[:, column], targets[320:, column]]))[0, 1]
+        assert r > 0.85
+    ratio = predicted.std(0) / targets[320:].std(0)
+    assert ((ratio > 0.8) & (ratio < 1.25)).all()
+    unrelated = MouthReadout(torch.randn(frames, k, feature), targets, train)
+    assert unrelated.cv_correlation < 0.3
+
+
+def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from_audio(tmp_path):
+    """With the option on, a training frame's audio code comes from its measured mouth geometry (so the head learns
+    what each mouth shape looks like), and every other code from the readout of the audio: held-out frames, new
+    waveforms and silence all go through the same path, and the codes respond to the audio. Off by default."""
+    from synthetic_dataset import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
+    torch.manual_seed(0)
+    assert not small_pipeline_config(data).pipeline.model.audio_through_mouth_geometry
+    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True, **TINY_MODEL)
+    model = config.pipeline.setup(device="cpu", test_mode="val").model
+    audio = model.audio
+    assert audio.mouth_readout is not None and audio.mouth_targets.shape[0] == model.num_frames
+    frames = torch.tensor([0, 10, 40])
+    model.train()
+    measured = audio.frame_codes(frames)
+    torch.testing.assert_close(measured, audio.mouth_projection(audio.mouth_targets[frames]))
+    measured.sum().backward()  # the head's path from geometry to code trains
+    assert audio.mouth_projection[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        from_audio = audio.frame_codes(frames)
+        neighbours = audio._neighbour_index(frames, audio.num_frames)
+        expected = audio.mouth_projection(audio.mouth_readout(audio.encode_windows(audio.windows[neighbours.flatten()])
+                                                              .view(3, neighbours.shape[1], -1)))
+        torch.testing.assert_close(from_audio, expected)
+        silence = audio.silence_code()
+        assert silence.shape == (1, model.config.audio_code_dim)
+        waveform = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+        codes = audio.waveform_codes(waveform, 25, 25.0)
+        assert codes.shape == (25, model.config.audio_code_dim) and not torch.allclose(codes, silence.expand(25, -1))
+    # A per-subject (trainable) audio net has no fixed features to read the mouth from: refused with the reason.
+    bad = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True,
+                                audio_encoder_checkpoint=None, **TINY_MODEL)
+    with pytest.raises(ValueError, match="frozen stage-1 audio encoder"):
+        bad.pipeline.setup(device="cpu", test_mode="val")

@@ -140,6 +140,13 @@ class HashGrid(nn.Module):
         # whenever resolutions grow with the level (every usual configuration).
         self._level_order = None if grouped == sorted(grouped) else [grouped.index(i) for i in range(num_levels)]
 
+    def train(self, mode: bool = True) -> "HashGrid":
+        # The rendering volumes are keyed on the table's version counter, which a fused optimizer step does not bump:
+        # dropping them at every switch between training and rendering (ns-train's viewer and evaluations switch)
+        # keeps a render from ever reading a stale table.
+        self._volume_cache = ((), [])
+        return super().train(mode)
+
     def get_out_dim(self) -> int:
         return self.num_levels * self.features_per_level
 

@@ -49,6 +49,62 @@ class TemporalSmoother(nn.Module):
         return (weights[..., None] * neighbours).sum(dim=1)
 
 
+class MouthReadout(nn.Module):
+    """A ridge map from a frame's audio features (with its neighbours') to its speech-driven mouth geometry.
+
+    The head's own audio path, trained by the photometric loss on one clip, learns to use the audio code as a frame
+    code: on new speech the mouth does not follow. A map with too little capacity to memorize frames does generalize:
+    on two speakers the shipped encoder never heard, this readout's predicted inner-lip gap follows unseen-language
+    speech (best-lag r with the speech-band envelope 0.65-0.85 at lag 0, against the real videos' own 0.44/0.56;
+    `benchmarks/mouth_from_audio.py`). Fitted in closed form when the model is built (the encoder is frozen),
+    regularization chosen by contiguous-block cross-validation on the training frames; the prediction's spread is
+    restored to the targets' (ridge shrinks it), so the mouth opens as far as the speaker's.
+    """
+
+    ridges = (1e-1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+    def __init__(self, neighbours: Float[Tensor, "frames k feature"], targets: Float[Tensor, "frames columns"],
+                 train_frames: Int[Tensor, "n"], folds: int = 5) -> None:
+        super().__init__()
+        x = neighbours[train_frames].flatten(1).double()
+        y = targets[train_frames].double()
+        mean, scale = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / scale
+        y_mean = y.mean(0)
+        blocks = torch.arange(len(y)).tensor_split(folds)
+
+        def solve(rows: Tensor, ridge: float) -> Tensor:
+            zr = z[rows]
+            return torch.linalg.solve(zr.T @ zr + ridge * torch.eye(z.shape[1], dtype=z.dtype), zr.T @ (y[rows] - y[rows].mean(0)))
+
+        best = None
+        for ridge in self.ridges:
+            predicted = torch.empty_like(y)
+            for block in blocks:
+                rest = torch.ones(len(y), dtype=torch.bool)
+                rest[block] = False
+                predicted[block] = z[block] @ solve(rest.nonzero()[:, 0], ridge) + y[rest].mean(0)
+            score = _column_correlation(predicted, y).mean().item()
+            if best is None or score > best[0]:
+                best = (score, ridge, predicted)
+        assert best is not None
+        self.cv_correlation, self.ridge = float(best[0]), float(best[1])
+        gain = (y.std(0) / (best[2] - best[2].mean(0)).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
+        weights = solve(torch.arange(len(y)), self.ridge) * gain
+        self.register_buffer("mean", mean.float(), persistent=False)
+        self.register_buffer("scale", scale.float(), persistent=False)
+        self.register_buffer("weights", weights.float(), persistent=False)
+        self.register_buffer("intercept", y_mean.float(), persistent=False)
+
+    def forward(self, neighbours: Float[Tensor, "batch k feature"]) -> Float[Tensor, "batch columns"]:
+        return (neighbours.flatten(1) - self.mean) / self.scale @ self.weights + self.intercept
+
+
+def _column_correlation(a: Tensor, b: Tensor) -> Tensor:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(1e-12)
+
+
 class AudioConditioner(nn.Module):
     """The model's audio source: the clip's audio windows -> per-frame audio codes, and the same for new audio.
 
@@ -58,9 +114,21 @@ class AudioConditioner(nn.Module):
         code_dim: size of the code the head field receives.
         smoothing_frames: K; each code looks at frames t-K..t+K.
         train_encoder: whether gradients reach the encoder (a frozen stage-1 encoder keeps its lip alignment).
+        mouth_targets: with a frozen encoder, route the audio through the speech-driven mouth geometry ([frames,
+            columns], the clip's own): training codes come from the frames' measured geometry, every other code (held
+            out, new audio, silence) from the `MouthReadout` of the audio; None: the learned audio path.
+        train_frames: the training frames the readout is fitted on (with `mouth_targets`).
     """
 
-    def __init__(self, source: AudioSource, code_dim: int, smoothing_frames: int = 4, train_encoder: bool = True) -> None:
+    def __init__(
+        self,
+        source: AudioSource,
+        code_dim: int,
+        smoothing_frames: int = 4,
+        train_encoder: bool = True,
+        mouth_targets: Optional[Float[Tensor, "frames columns"]] = None,
+        train_frames: Optional[Int[Tensor, "n"]] = None,
+    ) -> None:
         super().__init__()
         self.encoder = source.encoder
         self.frontend: FrontEndSpec = source.frontend
@@ -74,6 +142,19 @@ class AudioConditioner(nn.Module):
         self.smoothing_frames = smoothing_frames
         self.smoother = TemporalSmoother(feature_dim, 2 * smoothing_frames + 1)
         self.projection = nn.Linear(feature_dim, code_dim)
+        self.mouth_readout: Optional[MouthReadout] = None
+        if mouth_targets is not None:
+            if train_encoder:
+                raise ValueError("the mouth-geometry audio path needs a frozen stage-1 audio encoder "
+                                 "(audio_encoder_checkpoint shipped or a file, audio_encoder_mode frozen)")
+            frames = torch.arange(self.num_frames)
+            with torch.no_grad():
+                features = torch.cat([self.encode_windows(w) for w in self.windows.split(512)])
+            self.mouth_readout = MouthReadout(features[self._neighbour_index(frames, self.num_frames)],
+                                              mouth_targets, torch.as_tensor(train_frames, dtype=torch.long))
+            self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
+            columns = mouth_targets.shape[1]
+            self.mouth_projection = nn.Sequential(nn.Linear(columns, 64), nn.ReLU(inplace=True), nn.Linear(64, code_dim))
 
     @property
     def num_frames(self) -> int:
@@ -95,14 +176,22 @@ class AudioConditioner(nn.Module):
         self, windows: Float[Tensor, "frames window channels"], frames: Int[Tensor, "batch"]
     ) -> Float[Tensor, "batch code"]:
         """Codes of `frames` (indices into the sequence `windows`)."""
-        offsets = torch.arange(-self.smoothing_frames, self.smoothing_frames + 1, device=frames.device)
-        neighbours = (frames[:, None] + offsets[None, :]).clamp(0, windows.shape[0] - 1)  # [B, 2K+1]
+        neighbours = self._neighbour_index(frames, windows.shape[0])  # [B, 2K+1]
         unique, inverse = torch.unique(neighbours, return_inverse=True)
         features = self.encode_windows(windows[unique])[inverse]  # [B, 2K+1, E]
+        if self.mouth_readout is not None:
+            return self.mouth_projection(self.mouth_readout(features))
         return self.projection(self.smoother(features))
 
+    def _neighbour_index(self, frames: Int[Tensor, "batch"], length: int) -> Int[Tensor, "batch k"]:
+        offsets = torch.arange(-self.smoothing_frames, self.smoothing_frames + 1, device=frames.device)
+        return (frames[:, None] + offsets[None, :]).clamp(0, length - 1)
+
     def frame_codes(self, frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
-        """Codes of frames of the clip."""
+        """Codes of frames of the clip (in training, through the mouth geometry measured on them, when that path is
+        on: the head learns what each mouth shape looks like, and the readout says which shape the audio makes)."""
+        if self.mouth_readout is not None and self.training:
+            return self.mouth_projection(self.mouth_targets[frames])
         return self.codes(self.windows, frames)
 
     def sequence_codes(self, windows: Float[Tensor, "frames window channels"], chunk: int = 512) -> Float[Tensor, "frames code"]:

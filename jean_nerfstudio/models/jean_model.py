@@ -125,6 +125,12 @@ class JeanModelConfig(ModelConfig):
     No parameters: the readout is solved in closed form on each step's frames."""
     audio_mouth_frames: int = 256
     """Training frames (drawn at random each step) whose audio codes that readout is fitted on."""
+    audio_through_mouth_geometry: bool = False
+    """Route the audio through the speech-driven mouth geometry (the clip's high-pass inner-lip gaps and mouth width):
+    the head is trained on each frame's measured geometry, and any audio (held-out frames, new speech, silence) reaches
+    it through a ridge readout of that geometry from the frozen stage-1 features, fitted when the model is built
+    (`models/conditioning.MouthReadout`). The learned audio path tends to act as a frame code that new speech does not
+    move; this one cannot. Needs a frozen stage-1 audio encoder."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
@@ -207,6 +213,8 @@ class JeanModel(Model):
             smoothing_frames=self.config.audio_smoothing_frames,
             # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
             train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
+            mouth_targets=speech_mouth_geometry(clip) if self.config.audio_through_mouth_geometry else None,
+            train_frames=torch.as_tensor(clip.train_indices, dtype=torch.long),
         )
 
         # The speech-driven mouth shape of every frame, which the audio code must be able to read out (see
