@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from jaxtyping import Float, Int
@@ -265,7 +265,7 @@ class HashGrid(nn.Module):
         hashed_ids = [i for i, lv in enumerate(self.levels) if lv.hashed]
         if hashed_ids:
             group = next(g for g in self.level_groups if g.hashed)
-            index, weight = self._corner_last([self._level_corners(x, group)], num_levels=len(hashed_ids))
+            index, weight = self._corner_last([self._level_corners(x, group)])
             table = self.params.view(-1, self.features_per_level)
             encoded = _interpolate_fused(table, index, weight).view(rows, len(hashed_ids), self.features_per_level)
             if hashed_ids == list(range(hashed_ids[0], hashed_ids[-1] + 1)):
@@ -302,11 +302,11 @@ class HashGrid(nn.Module):
         self._volume_cache = (key, volumes)
         return volumes
 
-    def _corner_last(self, groups: List[Tuple[Tensor, Tensor]], num_levels: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    def _corner_last(self, groups: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
         """The groups' corner-first blocks written straight into [B*L, 2^D] (levels in order): one strided copy each,
         no concatenation. Cheaper than forming the corners corner-last (broadcasts over a size-2 innermost axis)."""
         corners, rows = groups[0][0].shape[:2]
-        num_levels = self.num_levels if num_levels is None else num_levels
+        num_levels = sum(group_index.shape[2] for group_index, _ in groups)
         index = torch.empty(rows, num_levels, corners, dtype=groups[0][0].dtype, device=groups[0][0].device)
         weight = torch.empty(rows, num_levels, corners, dtype=groups[0][1].dtype, device=groups[0][1].device)
         start = 0
@@ -412,6 +412,20 @@ class _LevelGroup(nn.Module):
         self.register_buffer("masks", masks, persistent=False)
 
 
+def _table_gradient(index: Tensor, weight: Tensor, grad_out: Float[Tensor, "rows F"], num_entries: int,
+                    corners_first: bool) -> Tensor:
+    """The table's gradient of `sum_c weight * table[index]`, one feature column at a time with a 1-D `scatter_add_`
+    (autograd's own accumulating `index_put_` is serial on the CPU). `index` and `weight` are [C, M] when
+    `corners_first`, else [M, C]."""
+    flat_index = index.reshape(-1).long()  # scatter_add_ takes int64 only
+    columns = []
+    for f in range(grad_out.shape[1]):
+        upstream = grad_out[:, f] if corners_first else grad_out[:, f, None]
+        column = torch.zeros(num_entries, dtype=weight.dtype, device=weight.device)
+        columns.append(column.scatter_add_(0, flat_index, (weight * upstream).reshape(-1)))
+    return torch.stack(columns, dim=1)
+
+
 class _Interpolate(torch.autograd.Function):
     """`out[m, f] = sum_c weight[c, m] * table[index[c, m], f]`, with a scatter-add backward.
 
@@ -435,12 +449,7 @@ class _Interpolate(torch.autograd.Function):
         num_features = grad_out.shape[1]
         grad_table = grad_weight = None
         if ctx.needs_input_grad[0]:
-            flat_index = index.reshape(-1).long()  # scatter_add_ takes int64 only
-            columns = []
-            for f in range(num_features):
-                column = torch.zeros(ctx.num_entries, dtype=weight.dtype, device=weight.device)
-                columns.append(column.scatter_add_(0, flat_index, (weight * grad_out[:, f]).reshape(-1)))
-            grad_table = torch.stack(columns, dim=1)
+            grad_table = _table_gradient(index, weight, grad_out, ctx.num_entries, corners_first=True)
         if ctx.needs_input_grad[2]:
             grad_weight = sum(rows[..., f] * grad_out[:, f] for f in range(num_features))
         return grad_table, None, grad_weight
@@ -471,13 +480,7 @@ class _FusedInterpolate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         index, weight = ctx.saved_tensors
-        grad_out = grad_out.to(weight.dtype)
-        flat_index = index.reshape(-1).long()  # scatter_add_ takes int64 only
-        columns = []
-        for f in range(grad_out.shape[1]):
-            column = torch.zeros(ctx.num_entries, dtype=weight.dtype, device=weight.device)
-            columns.append(column.scatter_add_(0, flat_index, (weight * grad_out[:, f, None]).reshape(-1)))
-        return torch.stack(columns, dim=1), None, None
+        return _table_gradient(index, weight, grad_out.to(weight.dtype), ctx.num_entries, corners_first=False), None, None
 
 
 def _interpolate_fused(
