@@ -26,54 +26,25 @@ import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-RIDGES = (1e-1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
-
-
-def context_features(features: np.ndarray, context: int) -> np.ndarray:
-    """Each frame's features next to those of its `context` neighbours on each side (edges repeated)."""
+def context_features(features: np.ndarray, context: int) -> torch.Tensor:
+    """Each frame's features next to those of its `context` neighbours on each side (edges repeated): [frames, 2K+1,
+    feature], the layout `MouthReadout` reads."""
     n = len(features)
     index = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None], 0, n - 1)
-    return features[index].reshape(n, -1)
+    return torch.from_numpy(features[index])
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(mean, scale, weights, intercept) of a ridge on standardized inputs."""
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / scale
-    weights = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
-    return mean, scale, weights, float(y.mean())
+def pearson_where_known(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    """Pearson correlation over the frames where both series are known (undetected faces are NaN)."""
+    from jean_nerfstudio.metrics.sync import pearson
 
-
-def predict(model: Tuple[np.ndarray, np.ndarray, np.ndarray, float], x: np.ndarray) -> np.ndarray:
-    mean, scale, weights, intercept = model
-    return (x - mean) / scale @ weights + intercept
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     keep = ~(np.isnan(a) | np.isnan(b))
-    if keep.sum() < 3 or np.std(a[keep]) == 0 or np.std(b[keep]) == 0:
-        return None
-    return float(np.corrcoef(a[keep], b[keep])[0, 1])
-
-
-def blocked_cv_ridge(x: np.ndarray, y: np.ndarray, folds: int = 5) -> Tuple[float, Dict[str, float]]:
-    """The ridge whose contiguous-block cross-validated predictions correlate best with y (blocks, not random frames:
-    neighbouring frames are near copies, and random folds would reward memorization)."""
-    blocks = np.array_split(np.arange(len(y)), folds)
-    scores = {}
-    for ridge in RIDGES:
-        predicted = np.empty_like(y)
-        for block in blocks:
-            train = np.setdiff1d(np.arange(len(y)), block)
-            predicted[block] = predict(fit_ridge(x[train], y[train], ridge), x[block])
-        scores[ridge] = pearson(predicted, y) or -1.0
-    best = max(scores, key=scores.get)
-    return best, {str(k): round(v, 4) for k, v in scores.items()}
+    return pearson(a[keep], b[keep])
 
 
 @torch.no_grad()
@@ -91,6 +62,7 @@ def clip_numbers(clip_dir: Path, tracks: Sequence[Path], seconds: float, context
     from jean_nerfstudio.audio.source import build_audio_source
     from jean_nerfstudio.contract import ProcessedClip
     from jean_nerfstudio.metrics.sync import mouth_opening, speech_band_sync
+    from jean_nerfstudio.models.conditioning import MouthReadout
     from jean_nerfstudio.render.inputs import load_driving_audio
 
     clip = ProcessedClip.open(clip_dir)
@@ -106,25 +78,30 @@ def clip_numbers(clip_dir: Path, tracks: Sequence[Path], seconds: float, context
     train, held_out = np.array(clip.train_indices), np.array(clip.eval_indices)
     known = ~np.isnan(opening)
     train = train[known[train]]
-    ridge, cv_scores = blocked_cv_ridge(x[train], opening[train])
-    model = fit_ridge(x[train], opening[train], ridge)
+    # The readout `audio_through_mouth_geometry` uses, without its spread gain (this asks what the features predict).
+    targets = torch.from_numpy(np.nan_to_num(opening)).float()[:, None]
+    model = MouthReadout(x, targets, torch.from_numpy(train), restore_spread=False)
+
+    def predict(features: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return model(features)[:, 0].double().numpy()
 
     waveform = clip_waveform(clip)
     fps = clip.fps
     samples_per_frame = C.AUDIO_SAMPLE_RATE / fps
-    predicted = predict(model, x)
+    predicted = predict(x)
     start = int(held_out.min())
     tail_audio = waveform[int(round(start * samples_per_frame)):]
     result: Dict[str, Any] = {
         "frames": clip.num_frames,
         "fps": fps,
         "context_frames": context,
-        "ridge": ridge,
-        "cv_correlation_by_ridge": cv_scores,
+        "ridge": model.ridge,
+        "cv_correlation": round(model.cv_correlation, 4),
         "real_opening_std": round(float(np.nanstd(opening)), 4),
         "held_out": {
             "frames": int(len(held_out)),
-            "r_predicted_vs_real_opening": round(pearson(predicted[held_out], opening[held_out]) or float("nan"), 4),
+            "r_predicted_vs_real_opening": round(pearson_where_known(predicted[held_out], opening[held_out]) or float("nan"), 4),
             "real_sync": speech_band_sync(opening[start:], tail_audio, C.AUDIO_SAMPLE_RATE, fps).to_dict(),
             "predicted_sync": speech_band_sync(predicted[start:], tail_audio, C.AUDIO_SAMPLE_RATE, fps).to_dict(),
         },
@@ -136,7 +113,7 @@ def clip_numbers(clip_dir: Path, tracks: Sequence[Path], seconds: float, context
         num_frames = int(min(seconds, audio.duration) * fps)
         wav = audio.waveform[: int(round(num_frames * samples_per_frame))]
         features = context_features(audio_features(encoder, source.frontend, wav, num_frames, fps), context)
-        opening_new = predict(model, features)
+        opening_new = predict(features)
         sync = speech_band_sync(opening_new, wav, C.AUDIO_SAMPLE_RATE, fps).to_dict()
         sync["opening_std_over_real"] = round(float(np.std(opening_new) / np.nanstd(opening)), 3)
         result["tracks"][track.stem] = sync

@@ -318,6 +318,22 @@ def test_mouth_readout_recovers_a_linear_map_and_restores_its_spread():
     assert ((ratio > 0.8) & (ratio < 1.25)).all()
     unrelated = MouthReadout(torch.randn(frames, k, feature), targets, train)
     assert unrelated.cv_correlation < 0.3
+    # Without the gain: the plain ridge estimate, the same direction and a smaller spread.
+    plain = MouthReadout(neighbours, targets, train, restore_spread=False)
+    assert plain.ridge == readout.ridge
+    shrunk = plain(neighbours[320:])
+    assert (shrunk.std(0) < predicted.std(0)).all()
+    torch.testing.assert_close(shrunk - shrunk.mean(0), (predicted - predicted.mean(0)) * shrunk.std(0) / predicted.std(0),
+                               rtol=1e-4, atol=1e-4)
+    # Out-of-fold predictions of the training frames: as good as held-out ones where the features carry the targets,
+    # and as poor as held-out ones where they do not.
+    def r(a, b):
+        return torch.corrcoef(torch.stack([a, b]))[0, 1]
+
+    assert readout.out_of_fold.shape == (len(train), 3)
+    assert all(r(readout.out_of_fold[:, c], targets[train, c]) > 0.8 for c in range(3))
+    for c in range(3):
+        assert abs(r(unrelated.out_of_fold[:, c], targets[train, c])) < 0.3
 
 
 def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from_audio(tmp_path):
@@ -329,7 +345,9 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
     torch.manual_seed(0)
     assert not small_pipeline_config(data).pipeline.model.audio_through_mouth_geometry
-    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True, **TINY_MODEL)
+    assert small_pipeline_config(data).pipeline.model.mouth_geometry_predicted_fraction == 0.0
+    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True,
+                                   mouth_geometry_predicted_fraction=0.0, **TINY_MODEL)
     model = config.pipeline.setup(device="cpu", test_mode="val").model
     audio = model.audio
     assert audio.mouth_readout is not None and audio.mouth_targets.shape[0] == model.num_frames
@@ -339,6 +357,20 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     torch.testing.assert_close(measured, audio.mouth_projection(audio.mouth_targets[frames]))
     measured.sum().backward()  # the head's path from geometry to code trains
     assert audio.mouth_projection[0].weight.grad.abs().sum() > 0
+    # The predicted share: a training frame's code is then the readout's out-of-fold prediction of that frame.
+    train_frames = torch.as_tensor(model.clip.train_indices, dtype=torch.long)
+    torch.testing.assert_close(audio.mouth_predicted[train_frames], audio.mouth_readout.out_of_fold)
+    assert not torch.allclose(audio.mouth_predicted[train_frames], audio.mouth_targets[train_frames])
+    chosen = train_frames[:3]
+    with torch.no_grad():
+        audio.predicted_fraction = 1.0
+        torch.testing.assert_close(audio.frame_codes(chosen), audio.mouth_projection(audio.mouth_predicted[chosen]))
+        audio.predicted_fraction = 0.5
+        many = chosen.repeat(200)
+        mixed = audio.frame_codes(many)
+        from_measured = (mixed - audio.mouth_projection(audio.mouth_targets[many])).abs().amax(-1) < 1e-6
+        from_predicted = (mixed - audio.mouth_projection(audio.mouth_predicted[many])).abs().amax(-1) < 1e-6
+        assert (from_measured | from_predicted).all() and 0.35 < from_predicted.float().mean() < 0.65
     model.eval()
     with torch.no_grad():
         from_audio = audio.frame_codes(frames)

@@ -64,7 +64,7 @@ class MouthReadout(nn.Module):
     ridges = (1e-1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
     def __init__(self, neighbours: Float[Tensor, "frames k feature"], targets: Float[Tensor, "frames columns"],
-                 train_frames: Int[Tensor, "n"], folds: int = 5) -> None:
+                 train_frames: Int[Tensor, "n"], folds: int = 5, restore_spread: bool = True) -> None:
         super().__init__()
         x = neighbours[train_frames].flatten(1).double()
         y = targets[train_frames].double()
@@ -79,22 +79,30 @@ class MouthReadout(nn.Module):
 
         best = None
         for ridge in self.ridges:
-            predicted = torch.empty_like(y)
+            # Each block predicted by the map fitted on the others: [the part the weights make, the intercept].
+            varying, offset = torch.empty_like(y), torch.empty_like(y)
             for block in blocks:
                 rest = torch.ones(len(y), dtype=torch.bool)
                 rest[block] = False
-                predicted[block] = z[block] @ solve(rest.nonzero()[:, 0], ridge) + y[rest].mean(0)
-            score = _column_correlation(predicted, y).mean().item()
+                varying[block] = z[block] @ solve(rest.nonzero()[:, 0], ridge)
+                offset[block] = y[rest].mean(0)
+            score = _column_correlation(varying + offset, y).mean().item()
             if best is None or score > best[0]:
-                best = (score, ridge, predicted)
+                best = (score, ridge, varying, offset)
         assert best is not None
         self.cv_correlation, self.ridge = float(best[0]), float(best[1])
-        gain = (y.std(0) / (best[2] - best[2].mean(0)).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
+        _, _, varying, offset = best
+        gain = (y.std(0) / (varying + offset - (varying + offset).mean(0)).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
+        if not restore_spread:  # the plain ridge estimate: the expected geometry given the audio, shrunk where unsure
+            gain = torch.ones_like(gain)
         weights = solve(torch.arange(len(y)), self.ridge) * gain
         self.register_buffer("mean", mean.float(), persistent=False)
         self.register_buffer("scale", scale.float(), persistent=False)
         self.register_buffer("weights", weights.float(), persistent=False)
         self.register_buffer("intercept", y_mean.float(), persistent=False)
+        # What the readout says about each training frame when that frame was NOT among those it was fitted on (with
+        # the same spread gain): the error it makes on held-out frames and new audio, shown to the head in training.
+        self.register_buffer("out_of_fold", (varying * gain + offset).float(), persistent=False)
 
     def forward(self, neighbours: Float[Tensor, "batch k feature"]) -> Float[Tensor, "batch columns"]:
         return (neighbours.flatten(1) - self.mean) / self.scale @ self.weights + self.intercept
@@ -118,6 +126,10 @@ class AudioConditioner(nn.Module):
             columns], the clip's own): training codes come from the frames' measured geometry, every other code (held
             out, new audio, silence) from the `MouthReadout` of the audio; None: the learned audio path.
         train_frames: the training frames the readout is fitted on (with `mouth_targets`).
+        predicted_fraction: with `mouth_targets`, the share of training rays whose code comes from the readout's
+            out-of-fold prediction of their frame instead of its measured geometry (so the head also learns what the
+            mouth looks like given a prediction as imperfect as the one held-out frames and new audio get).
+        restore_mouth_spread: scale the readout so its predictions spread as much as the measured geometry.
     """
 
     def __init__(
@@ -128,6 +140,8 @@ class AudioConditioner(nn.Module):
         train_encoder: bool = True,
         mouth_targets: Optional[Float[Tensor, "frames columns"]] = None,
         train_frames: Optional[Int[Tensor, "n"]] = None,
+        predicted_fraction: float = 0.0,
+        restore_mouth_spread: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = source.encoder
@@ -148,11 +162,16 @@ class AudioConditioner(nn.Module):
                 raise ValueError("the mouth-geometry audio path needs a frozen stage-1 audio encoder "
                                  "(audio_encoder_checkpoint shipped or a file, audio_encoder_mode frozen)")
             frames = torch.arange(self.num_frames)
+            train_frames = torch.as_tensor(train_frames, dtype=torch.long)
             with torch.no_grad():
                 features = torch.cat([self.encode_windows(w) for w in self.windows.split(512)])
             self.mouth_readout = MouthReadout(features[self._neighbour_index(frames, self.num_frames)],
-                                              mouth_targets, torch.as_tensor(train_frames, dtype=torch.long))
+                                              mouth_targets, train_frames, restore_spread=restore_mouth_spread)
             self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
+            predicted = mouth_targets.float().clone()
+            predicted[train_frames] = self.mouth_readout.out_of_fold
+            self.register_buffer("mouth_predicted", predicted, persistent=False)
+            self.predicted_fraction = float(predicted_fraction)
             columns = mouth_targets.shape[1]
             self.mouth_projection = nn.Sequential(nn.Linear(columns, 64), nn.ReLU(inplace=True), nn.Linear(64, code_dim))
 
@@ -191,7 +210,11 @@ class AudioConditioner(nn.Module):
         """Codes of frames of the clip (in training, through the mouth geometry measured on them, when that path is
         on: the head learns what each mouth shape looks like, and the readout says which shape the audio makes)."""
         if self.mouth_readout is not None and self.training:
-            return self.mouth_projection(self.mouth_targets[frames])
+            geometry = self.mouth_targets[frames]
+            if self.predicted_fraction > 0:
+                predicted = torch.rand(frames.shape, device=frames.device) < self.predicted_fraction
+                geometry = torch.where(predicted[:, None], self.mouth_predicted[frames], geometry)
+            return self.mouth_projection(geometry)
         return self.codes(self.windows, frames)
 
     def sequence_codes(self, windows: Float[Tensor, "frames window channels"], chunk: int = 512) -> Float[Tensor, "frames code"]:

@@ -131,6 +131,16 @@ class JeanModelConfig(ModelConfig):
     it through a ridge readout of that geometry from the frozen stage-1 features, fitted when the model is built
     (`models/conditioning.MouthReadout`). The learned audio path tends to act as a frame code that new speech does not
     move; this one cannot. Needs a frozen stage-1 audio encoder."""
+    mouth_geometry_predicted_fraction: float = 0.0
+    """With `audio_through_mouth_geometry`, the share of training rays whose code is the readout's out-of-fold
+    prediction of their frame's geometry rather than the measured one (0: measured only). Trained on measured geometry
+    alone the head trusts the code as exact and draws a confidently wrong mouth where the readout errs (held-out
+    frames); shown the prediction instead (obama_2, 1.0) it holds held-out mouth PSNR but takes the mouth from the
+    expression code again: muted, the mouth moved as much as with speech (docs/benchmarks.md). Kept for ablations."""
+    mouth_geometry_restore_spread: bool = True
+    """With `audio_through_mouth_geometry`, scale the readout so its predictions spread as much as the measured
+    geometry (ridge shrinks them toward the mean): the mouth then opens as far as the speaker's, at the price of
+    larger errors where the readout is unsure."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
@@ -215,6 +225,8 @@ class JeanModel(Model):
             train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
             mouth_targets=speech_mouth_geometry(clip) if self.config.audio_through_mouth_geometry else None,
             train_frames=torch.as_tensor(clip.train_indices, dtype=torch.long),
+            predicted_fraction=self.config.mouth_geometry_predicted_fraction,
+            restore_mouth_spread=self.config.mouth_geometry_restore_spread,
         )
 
         # The speech-driven mouth shape of every frame, which the audio code must be able to read out (see
