@@ -4,9 +4,9 @@ identical weights.
 nerfstudio's launcher asserts CUDA before spawning, so this test spawns the two ranks itself and runs, in each, what
 that launcher's workers run after joining the process group (Trainer setup + train). On a GPU machine
 `ns-train jean-small --machine.num-devices N` uses the same pipeline with nccl. The model is jean-small as registered
-(transformer expression encoder, its objective on step 0, default grids and samples): only the dataset, the step
-count and where the run writes are set here, so a fault of a default shows (the expression objective once ran outside
-DDP's forward and both ranks failed on step 0).
+(shipped encoders, the audio through the mouth geometry, default grids and samples): only the dataset, the step count
+and where the run writes are set here, so a fault of a default shows. A second run fine-tunes the expression encoder
+with its objective (the objective once ran outside DDP's forward and both ranks failed on step 0).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, data: str, out: str, overrides: dict) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=world_size, rank=rank)
-    config = small_pipeline_config(Path(data))
+    config = small_pipeline_config(Path(data), **overrides)
     config.output_dir = Path(out)
     config.max_num_iterations = 3
     config.steps_per_save = 10**9
@@ -52,15 +52,29 @@ def _worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_end_with_identical_weights(synthetic_dataset, tmp_path):
+def _train_two_ranks(data: Path, out: Path, **overrides) -> dict:
     port = _free_port()
-    mp.spawn(_worker, args=(2, port, str(synthetic_dataset), str(tmp_path)), nprocs=2, join=True)
-    a = torch.load(tmp_path / "rank0.pt")
-    b = torch.load(tmp_path / "rank1.pt")
+    mp.spawn(_worker, args=(2, port, str(data), str(out), overrides), nprocs=2, join=True)
+    a = torch.load(out / "rank0.pt")
+    b = torch.load(out / "rank1.pt")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=f"{key} differs between ranks")
     # They trained: the weights moved away from any initialization both ranks could share by chance.
     assert a["field.grid.params"].abs().max() > 1e-3
-    # ... with the default expression encoder, whose objective ran (step 0) and moved its own weights too.
-    assert any(key.startswith("expression_objective.") for key in a)
+    return a
+
+
+def test_two_gloo_ranks_end_with_identical_weights(synthetic_dataset, tmp_path):
+    weights = _train_two_ranks(synthetic_dataset, tmp_path)
+    # The defaults: the audio through the mouth geometry (its projection trained), the shipped expression encoder
+    # frozen (no objective).
+    assert "audio.mouth_projection.0.weight" in weights
+    assert not any(key.startswith("expression_objective.") for key in weights)
+
+
+def test_two_gloo_ranks_fine_tuning_the_expression_encoder(synthetic_dataset, tmp_path):
+    """The expression encoder fine-tuned with its objective (which once ran outside DDP's forward, and both ranks
+    failed on step 0)."""
+    weights = _train_two_ranks(synthetic_dataset, tmp_path, expression_encoder_mode="finetune")
+    assert any(key.startswith("expression_objective.") for key in weights)

@@ -226,7 +226,9 @@ def test_audio_code_is_asked_to_read_out_the_speech_mouth(tmp_path):
 
     data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
     torch.manual_seed(0)
-    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_mouth_loss_mult=0.02, **TINY_MODEL)  # off by default
+    # (off by default; a term on the learned audio path, so that path is asked for)
+    config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_mouth_loss_mult=0.02,
+                                   audio_through_mouth_geometry=False, **TINY_MODEL)
     pipe = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipe.model
     assert model.mouth_targets.shape[0] == model.num_frames and model.mouth_targets.shape[1] >= 2
@@ -339,13 +341,15 @@ def test_mouth_readout_recovers_a_linear_map_and_restores_its_spread():
 def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from_audio(tmp_path):
     """With the option on, a training frame's audio code comes from its measured mouth geometry (so the head learns
     what each mouth shape looks like), and every other code from the readout of the audio: held-out frames, new
-    waveforms and silence all go through the same path, and the codes respond to the audio. Off by default."""
+    waveforms and silence all go through the same path, and the codes respond to the audio. On by default; a
+    trainable (per-subject) audio encoder takes the learned path instead."""
     from synthetic_dataset import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
     torch.manual_seed(0)
-    assert not small_pipeline_config(data).pipeline.model.audio_through_mouth_geometry
-    assert small_pipeline_config(data).pipeline.model.mouth_geometry_predicted_fraction == 0.0
+    defaults = small_pipeline_config(data).pipeline.model
+    assert defaults.audio_through_mouth_geometry and not defaults.mouth_geometry_restore_spread
+    assert defaults.mouth_geometry_predicted_fraction == 0.0
     config = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True,
                                    mouth_geometry_predicted_fraction=0.0, **TINY_MODEL)
     model = config.pipeline.setup(device="cpu", test_mode="val").model
@@ -383,8 +387,15 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
         waveform = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
         codes = audio.waveform_codes(waveform, 25, 25.0)
         assert codes.shape == (25, model.config.audio_code_dim) and not torch.allclose(codes, silence.expand(25, -1))
-    # A per-subject (trainable) audio net has no fixed features to read the mouth from: refused with the reason.
-    bad = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True,
-                                audio_encoder_checkpoint=None, **TINY_MODEL)
+    # A per-subject (trainable) audio net has no fixed features to read the mouth from: the model takes the learned
+    # path, and the conditioner on its own refuses the combination with the reason.
+    per_subject = small_pipeline_config(data, datamanager=TINY_BATCHES, audio_through_mouth_geometry=True,
+                                        audio_encoder_checkpoint=None, **TINY_MODEL)
+    learned = per_subject.pipeline.setup(device="cpu", test_mode="val").model.audio
+    assert learned.mouth_readout is None and learned.train_encoder
+    from jean_nerfstudio.audio.source import build_audio_source
+    from jean_nerfstudio.models.conditioning import AudioConditioner
+
     with pytest.raises(ValueError, match="frozen stage-1 audio encoder"):
-        bad.pipeline.setup(device="cpu", test_mode="val")
+        AudioConditioner(build_audio_source(model.clip, None), code_dim=8, train_encoder=True,
+                         mouth_targets=audio.mouth_targets, train_frames=torch.arange(10))

@@ -31,7 +31,17 @@ def test_windowed_codes_equal_whole_sequence_codes(pipeline):
     torch.testing.assert_close(windowed, whole, rtol=1e-4, atol=1e-5)
 
 
-def test_training_step_includes_the_disentanglement_objective(pipeline):
+def test_frozen_by_default_with_no_objective(pipeline):
+    model = pipeline.model
+    assert model.expression_objective is None and not model.expression.train_encoder
+    assert all(not p.requires_grad for p in model.expression.encoder.parameters())
+
+
+def test_fine_tuning_adds_the_disentanglement_objective(tiny_dataset):
+    torch.manual_seed(0)
+    config = small_pipeline_config(tiny_dataset, datamanager=TINY_BATCHES, expression_objective_every=1,
+                                   expression_encoder_mode="finetune", **TINY_MODEL)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipeline.model.train()
     model.step = 0
     _, losses, _ = pipeline.get_train_loss_dict(0)

@@ -87,7 +87,8 @@ def test_model_defaults_are_the_shipped_encoders():
         assert weights.is_shipped(model.audio_encoder_checkpoint)
         assert weights.is_shipped(model.expression_encoder_checkpoint)
         assert model.expression_encoder == "transformer"
-        assert model.audio_encoder_mode == "frozen" and model.expression_encoder_mode == "finetune"
+        assert model.audio_encoder_mode == "frozen" and model.expression_encoder_mode == "frozen"
+        assert model.audio_through_mouth_geometry
 
 
 def test_default_model_uses_the_shipped_encoders_and_none_restores_per_subject(synthetic_dataset):

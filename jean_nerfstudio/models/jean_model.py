@@ -125,30 +125,36 @@ class JeanModelConfig(ModelConfig):
     No parameters: the readout is solved in closed form on each step's frames."""
     audio_mouth_frames: int = 256
     """Training frames (drawn at random each step) whose audio codes that readout is fitted on."""
-    audio_through_mouth_geometry: bool = False
+    audio_through_mouth_geometry: bool = True
     """Route the audio through the speech-driven mouth geometry (the clip's high-pass inner-lip gaps and mouth width):
     the head is trained on each frame's measured geometry, and any audio (held-out frames, new speech, silence) reaches
     it through a ridge readout of that geometry from the frozen stage-1 features, fitted when the model is built
-    (`models/conditioning.MouthReadout`). The learned audio path tends to act as a frame code that new speech does not
-    move; this one cannot. Needs a frozen stage-1 audio encoder."""
+    (`models/conditioning.MouthReadout`). The learned audio path acts as a frame code that new speech does not move
+    (obama_2: rendered opening vs unseen speech r 0.00 at lag +3, muted mouth moving as much); this one lip-syncs it
+    (r 0.54 / 0.36 at lag 0, real video 0.44; docs/benchmarks.md). Applies with a frozen stage-1 audio encoder; a
+    trainable one (`audio_encoder_checkpoint none`, or `audio_encoder_mode finetune`) uses the learned path."""
     mouth_geometry_predicted_fraction: float = 0.0
     """With `audio_through_mouth_geometry`, the share of training rays whose code is the readout's out-of-fold
-    prediction of their frame's geometry rather than the measured one (0: measured only). Trained on measured geometry
-    alone the head trusts the code as exact and draws a confidently wrong mouth where the readout errs (held-out
-    frames); shown the prediction instead (obama_2, 1.0) it holds held-out mouth PSNR but takes the mouth from the
-    expression code again: muted, the mouth moved as much as with speech (docs/benchmarks.md). Kept for ablations."""
-    mouth_geometry_restore_spread: bool = True
+    prediction of their frame's geometry rather than the measured one (0: measured only). Shown the prediction
+    (obama_2, 1.0) the head kept held-out mouth PSNR but took the mouth from the expression code again: muted, the
+    mouth moved as much as with speech, and sync fell to r 0.27 at lag -3 (docs/benchmarks.md). Kept for ablations."""
+    mouth_geometry_restore_spread: bool = False
     """With `audio_through_mouth_geometry`, scale the readout so its predictions spread as much as the measured
-    geometry (ridge shrinks them toward the mean): the mouth then opens as far as the speaker's, at the price of
-    larger errors where the readout is unsure."""
+    geometry (ridge shrinks them toward the mean where the audio is ambiguous). On: the mouth opens as far as the
+    speaker's, but where the readout errs the head draws a wide, wrong mouth (obama_2: held-out mouth PSNR 1 dB
+    lower); off: the expected geometry given the audio, the mouth still opening 1.5x more with speech than muted."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
     """The pre-trained transformer expression encoder: `shipped` (in the package; a clip of another landmark layout
     falls back to training from scratch), a checkpoint of `jean-train-expression`, or `none` to train it here from
     scratch, end to end."""
-    expression_encoder_mode: Literal["frozen", "finetune"] = "finetune"
-    """Freeze the pre-trained expression encoder or fine-tune it with the head."""
+    expression_encoder_mode: Literal["frozen", "finetune"] = "frozen"
+    """Freeze the pre-trained expression encoder or fine-tune it with the head (and its objective). Fine-tuned end to
+    end, the encoder whose pre-training removed the mouth (probe leak R^2 +0.02) re-learns it from the photometric
+    loss, and the looped expression sequence then drives the mouth of a head rendered from new speech; frozen, the
+    mouth follows the audio (obama_2, with the mouth-geometry audio path: Chinese r 0.54 vs 0.38 fine-tuned, muted
+    mouth 0.030 vs 0.034 spread) at equal held-out quality (docs/benchmarks.md)."""
     expression_objective_mult: float = 0.1
     """Weight of the expression encoder's self-supervised disentanglement objective while it trains with the head."""
     expression_objective_every: int = 4
@@ -217,13 +223,16 @@ class JeanModel(Model):
 
         # ----- the two sources: audio/ and expression/ build them, the conditioners hold them -----
         audio = build_audio_source(clip, self.config.audio_encoder_checkpoint)
+        # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
+        train_audio_encoder = (not audio.pretrained) or self.config.audio_encoder_mode == "finetune"
+        # The mouth-geometry path reads fixed features; a trainable encoder has none, and takes the learned path.
+        through_mouth_geometry = self.config.audio_through_mouth_geometry and not train_audio_encoder
         self.audio = AudioConditioner(
             audio,
             code_dim=self.config.audio_code_dim,
             smoothing_frames=self.config.audio_smoothing_frames,
-            # A per-subject encoder learns here; a stage-1 encoder stays frozen unless asked to fine-tune.
-            train_encoder=(not audio.pretrained) or self.config.audio_encoder_mode == "finetune",
-            mouth_targets=speech_mouth_geometry(clip) if self.config.audio_through_mouth_geometry else None,
+            train_encoder=train_audio_encoder,
+            mouth_targets=speech_mouth_geometry(clip) if through_mouth_geometry else None,
             train_frames=torch.as_tensor(clip.train_indices, dtype=torch.long),
             predicted_fraction=self.config.mouth_geometry_predicted_fraction,
             restore_mouth_spread=self.config.mouth_geometry_restore_spread,

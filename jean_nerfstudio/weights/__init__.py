@@ -1,7 +1,7 @@
 """The pre-trained encoders that ship inside the package (see MODEL_CARD.md beside this file).
 
-`jean-pretrain` writes them; `ns-train jean` and `jean-small` load them by default (the audio encoder frozen, the
-expression encoder fine-tuned with its objective), and `jean-process --av-offset auto` measures offsets with the
+`jean-pretrain` writes them; `ns-train jean` and `jean-small` load them by default (both frozen; the audio reaches
+the head through the clip's speech-driven mouth geometry), and `jean-process --av-offset auto` measures offsets with the
 audio checkpoint's lip-sync towers.
 
 A model config names them with the value `shipped`; `none` (or `None`) asks for per-subject training instead, and
