@@ -92,9 +92,10 @@ class MouthReadout(nn.Module):
         assert best is not None
         self.cv_correlation, self.ridge = float(best[0]), float(best[1])
         _, _, varying, offset = best
-        gain = (y.std(0) / (varying + offset - (varying + offset).mean(0)).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
-        if not restore_spread:  # the plain ridge estimate: the expected geometry given the audio, shrunk where unsure
-            gain = torch.ones_like(gain)
+        if restore_spread:
+            gain = (y.std(0) / (varying + offset).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
+        else:  # the plain ridge estimate: the expected geometry given the audio, shrunk where unsure
+            gain = torch.ones(y.shape[1], dtype=y.dtype)
         weights = solve(torch.arange(len(y)), self.ridge) * gain
         self.register_buffer("mean", mean.float(), persistent=False)
         self.register_buffer("scale", scale.float(), persistent=False)
