@@ -358,7 +358,7 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     frames = torch.tensor([0, 10, 40])
     model.train()
     measured = audio.frame_codes(frames)
-    torch.testing.assert_close(measured, audio.mouth_projection(audio.mouth_targets[frames]))
+    torch.testing.assert_close(measured, audio.geometry_code(audio.mouth_targets[frames]))
     measured.sum().backward()  # the head's path from geometry to code trains
     assert audio.mouth_projection[0].weight.grad.abs().sum() > 0
     # The predicted share: a training frame's code is then the readout's out-of-fold prediction of that frame.
@@ -368,18 +368,18 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     chosen = train_frames[:3]
     with torch.no_grad():
         audio.predicted_fraction = 1.0
-        torch.testing.assert_close(audio.frame_codes(chosen), audio.mouth_projection(audio.mouth_predicted[chosen]))
+        torch.testing.assert_close(audio.frame_codes(chosen), audio.geometry_code(audio.mouth_predicted[chosen]))
         audio.predicted_fraction = 0.5
         many = chosen.repeat(200)
         mixed = audio.frame_codes(many)
-        from_measured = (mixed - audio.mouth_projection(audio.mouth_targets[many])).abs().amax(-1) < 1e-6
-        from_predicted = (mixed - audio.mouth_projection(audio.mouth_predicted[many])).abs().amax(-1) < 1e-6
+        from_measured = (mixed - audio.geometry_code(audio.mouth_targets[many])).abs().amax(-1) < 1e-6
+        from_predicted = (mixed - audio.geometry_code(audio.mouth_predicted[many])).abs().amax(-1) < 1e-6
         assert (from_measured | from_predicted).all() and 0.35 < from_predicted.float().mean() < 0.65
     model.eval()
     with torch.no_grad():
         from_audio = audio.frame_codes(frames)
         neighbours = audio._neighbour_index(frames, audio.num_frames)
-        expected = audio.mouth_projection(audio.mouth_readout(audio.encode_windows(audio.windows[neighbours.flatten()])
+        expected = audio.geometry_code(audio.mouth_readout(audio.encode_windows(audio.windows[neighbours.flatten()])
                                                               .view(3, neighbours.shape[1], -1)))
         torch.testing.assert_close(from_audio, expected)
         silence = audio.silence_code()
@@ -399,3 +399,18 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     with pytest.raises(ValueError, match="frozen stage-1 audio encoder"):
         AudioConditioner(build_audio_source(model.clip, None), code_dim=8, train_encoder=True,
                          mouth_targets=audio.mouth_targets, train_frames=torch.arange(10))
+    # The geometry is standardized by the training frames' spread before the projection: a speaker whose lips move
+    # ten times less gets the same codes from the same weights (and the readout predicts in the clip's own units).
+    shipped = build_audio_source(model.clip, "shipped")
+    standardized = (audio.mouth_targets[train_frames] - audio.mouth_center) / audio.mouth_scale
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(standardized.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.std(0), torch.ones(standardized.shape[1]), atol=1e-4, rtol=0)
+    small = AudioConditioner(shipped, code_dim=model.config.audio_code_dim, train_encoder=False,
+                             mouth_targets=audio.mouth_targets / 10, train_frames=train_frames, restore_mouth_spread=False)
+    small.mouth_projection.load_state_dict(audio.mouth_projection.state_dict())
+    small.train(), audio.train()
+    audio.predicted_fraction = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(small.frame_codes(frames), audio.frame_codes(frames))
+        small.eval(), audio.eval()
+        torch.testing.assert_close(small.frame_codes(frames), from_audio, atol=1e-4, rtol=1e-4)

@@ -133,6 +133,9 @@ class AudioConditioner(nn.Module):
         restore_mouth_spread: scale the readout so its predictions spread as much as the measured geometry.
     """
 
+    min_mouth_scale = 1e-3
+    """Floor of the geometry's standardizing spread, in eye distances (a still mouth's tracking noise is about this)."""
+
     def __init__(
         self,
         source: AudioSource,
@@ -169,6 +172,13 @@ class AudioConditioner(nn.Module):
             self.mouth_readout = MouthReadout(features[self._neighbour_index(frames, self.num_frames)],
                                               mouth_targets, train_frames, restore_spread=restore_mouth_spread)
             self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
+            # The geometry reaches the projection standardized by the training frames' spread: speakers' speech-driven
+            # lip gaps differ several-fold (obama_2 std 0.026 of the eye distance, mimictalk_german_20s 0.008), and raw
+            # values that small barely move a default-initialized layer, so the head never learned that speaker's mouth.
+            # The floor keeps a nearly still mouth's tracking noise from being blown up to unit spread.
+            train_geometry = mouth_targets[train_frames].float()
+            self.register_buffer("mouth_center", train_geometry.mean(0), persistent=False)
+            self.register_buffer("mouth_scale", train_geometry.std(0).clamp_min(self.min_mouth_scale), persistent=False)
             predicted = mouth_targets.float().clone()
             predicted[train_frames] = self.mouth_readout.out_of_fold
             self.register_buffer("mouth_predicted", predicted, persistent=False)
@@ -179,6 +189,10 @@ class AudioConditioner(nn.Module):
     @property
     def num_frames(self) -> int:
         return int(self.windows.shape[0])
+
+    def geometry_code(self, geometry: Float[Tensor, "batch columns"]) -> Float[Tensor, "batch code"]:
+        """The code of a speech-driven mouth geometry (measured or read out from audio), in the clip's own units."""
+        return self.mouth_projection((geometry - self.mouth_center) / self.mouth_scale)
 
     def train(self, mode: bool = True) -> "AudioConditioner":
         super().train(mode)
@@ -200,7 +214,7 @@ class AudioConditioner(nn.Module):
         unique, inverse = torch.unique(neighbours, return_inverse=True)
         features = self.encode_windows(windows[unique])[inverse]  # [B, 2K+1, E]
         if self.mouth_readout is not None:
-            return self.mouth_projection(self.mouth_readout(features))
+            return self.geometry_code(self.mouth_readout(features))
         return self.projection(self.smoother(features))
 
     def _neighbour_index(self, frames: Int[Tensor, "batch"], length: int) -> Int[Tensor, "batch k"]:
@@ -215,7 +229,7 @@ class AudioConditioner(nn.Module):
             if self.predicted_fraction > 0:
                 predicted = torch.rand(frames.shape, device=frames.device) < self.predicted_fraction
                 geometry = torch.where(predicted[:, None], self.mouth_predicted[frames], geometry)
-            return self.mouth_projection(geometry)
+            return self.geometry_code(geometry)
         return self.codes(self.windows, frames)
 
     def sequence_codes(self, windows: Float[Tensor, "frames window channels"], chunk: int = 512) -> Float[Tensor, "frames code"]:
