@@ -94,9 +94,12 @@ def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None
         config.pipeline.model.audio_encoder_checkpoint = None
         config.pipeline.model.expression_encoder_checkpoint = None
     for name, value in (overrides or {}).items():
-        if not hasattr(config.pipeline.model, name):
-            raise SystemExit(f"--model-set {name}: JeanModelConfig has no such field")
-        setattr(config.pipeline.model, name, value)
+        # `datamanager.NAME` reaches the datamanager (ray sampling ablations); a bare NAME the model.
+        owner, _, field_name = name.rpartition(".")
+        target = {"": config.pipeline.model, "datamanager": config.pipeline.datamanager}.get(owner)
+        if target is None or not hasattr(target, field_name):
+            raise SystemExit(f"--model-set {name}: neither JeanModelConfig nor datamanager.<field> of that name")
+        setattr(target, field_name, value)
     return config
 
 
@@ -234,7 +237,8 @@ def main() -> None:
     parser.add_argument("--diagnostics", nargs="*", choices=["neutral", "silence"], default=["neutral", "silence"],
                         help="extra renders of the first track: with the neutral expression held, and with silence")
     parser.add_argument("--model-set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="JeanModelConfig overrides for the jean arms (ablations), e.g. expression_jitter_seconds=0")
+                        help="JeanModelConfig overrides for the jean arms (ablations), e.g. expression_jitter_seconds=0; "
+                             "datamanager.NAME=VALUE sets a datamanager field, e.g. datamanager.mouth_ray_fraction=0.3")
     parser.add_argument("--heads", type=Path, default=None,
                         help="keep each trained jean head here (CLIP/ARM.pt); a head already there is loaded, not "
                         "retrained, so longer or other tracks can be measured on the same heads")

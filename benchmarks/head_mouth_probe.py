@@ -10,7 +10,7 @@ the pose's share of the opening.
     python benchmarks/head_mouth_probe.py DATA/mimictalk_german_20s HEADS/mimictalk_german_20s/shipped.pt \\
         --frames 60 --size 128 --output benchmarks/results/defaults/mimictalk_german_20s_mouth_probe.json
 
-HEAD is a head kept by `encoder_benchmark.py --heads` (arm `shipped`, no `--model-set` overrides).
+HEAD is a head kept by `encoder_benchmark.py --heads` (arm `shipped`; give the same `--iterations` and `--model-set`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_benchmark import jean_config, load_head, opening_series  # noqa: E402
+from encoder_benchmark import jean_config, load_head, opening_series, parse_model_overrides  # noqa: E402
 
 
 @torch.no_grad()
@@ -39,14 +39,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="what the head was trained for (checked)")
     parser.add_argument("--frames", type=int, default=60, help="first N training frames")
     parser.add_argument("--size", type=int, default=128, help="render and measurement resolution")
+    parser.add_argument("--model-set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="the --model-set the head was trained with (checked)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    overrides = parse_model_overrides(args.model_set)
 
     from jean_nerfstudio.metrics.face import FaceMeter
     from jean_nerfstudio.models.driving import JeanDriver
     from jean_nerfstudio.render.cli import render_frames
 
-    pipeline, _ = load_head(jean_config(args.clip, "shipped"), args.head, {}, args.iterations)
+    pipeline, _ = load_head(jean_config(args.clip, "shipped", overrides), args.head, overrides, args.iterations)
     model = pipeline.model
     audio = model.audio
     if audio.mouth_readout is None:
@@ -63,7 +66,8 @@ def main() -> None:
     results: Dict[str, Any] = {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "clip": args.clip.name, "frames": len(frames), "size": args.size, "renders": {},
+        "clip": args.clip.name, "frames": len(frames), "size": args.size, "iterations": args.iterations,
+        "model_overrides": overrides, "renders": {},
     }
     with FaceMeter() as meter:
         real = [

@@ -118,3 +118,21 @@ def test_sampler_groups_rays_by_frame_and_favours_the_face(synthetic_dataset):
     # Pixels and labels returned are the ones at the sampled indices.
     f, y, x = batch["indices"][7].tolist()
     torch.testing.assert_close(batch["image"][7], store.images[f, y, x].float() / 255.0)
+
+
+def test_ray_fractions_that_leave_no_valid_share_fail_in_one_line(synthetic_dataset, capsys):
+    from conftest import small_pipeline_config
+
+    from jean_nerfstudio.data.datamanager import RayShareError, check_ray_fractions
+
+    check_ray_fractions(0.5, 0.5)  # the whole budget on the face: allowed
+    for head, mouth in ((0.5, 0.6), (-0.1, 0.3), (0.5, 1.2)):
+        with pytest.raises(RayShareError, match="mouth-ray-fraction"):
+            check_ray_fractions(head, mouth)
+    config = small_pipeline_config(synthetic_dataset)
+    config.pipeline.datamanager.mouth_ray_fraction = 0.7
+    with pytest.raises(SystemExit) as exited:
+        config.pipeline.datamanager.setup(device="cpu")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "together at most 1" in err and "\n" not in err
