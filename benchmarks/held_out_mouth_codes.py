@@ -1,0 +1,92 @@
+"""How much of a head's held-out mouth quality does the audio decide? (the mouth-geometry audio path, issue 13)
+
+Held-out frames are rendered exactly as `encoder_benchmark.py` evaluates them (their own pose and expression), with
+three audio codes: (a) `readout`, the readout's prediction of the speech-driven mouth geometry from the frame's audio
+(what the benchmark reports; new speech gets the same), (b) `measured`, the geometry measured on the real frame (a
+perfect audio model: the ceiling that better audio features could reach with this head), (c) `mean`, the training
+frames' mean geometry (no mouth information from the audio). The gap (b) - (a) is what the audio prediction costs;
+(a) - (c) is what it buys; the gap between (b) and a static model's mouth is what the rendering itself reaches.
+
+    python benchmarks/held_out_mouth_codes.py DATA/mimictalk_german_20s HEADS/mimictalk_german_20s/shipped.pt \\
+        --eval-frames 20 --output benchmarks/results/defaults/mimictalk_german_20s_held_out_codes.json
+
+HEAD is a head kept by `encoder_benchmark.py --heads` (arm `shipped`); its iterations and overrides are read from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import evaluate_held_out  # noqa: E402
+from encoder_benchmark import jean_config, load_head  # noqa: E402
+from model_benchmark import offline_lpips_placeholder  # noqa: E402
+
+CODES = ("readout", "measured", "mean")
+
+
+@contextmanager
+def frame_codes_from(audio, codes: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Render the clip's frames with `codes(frames)` as their audio codes (the model asks `audio.frame_codes`)."""
+    audio.frame_codes = codes  # an instance attribute shadows the method for the duration
+    try:
+        yield
+    finally:
+        del audio.frame_codes
+
+
+def code_source(audio, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name == "readout":
+        return lambda frames: audio.codes(audio.windows, frames)
+    if name == "measured":
+        return lambda frames: audio.geometry_code(audio.mouth_targets[frames])
+    return lambda frames: audio.geometry_code(audio.mouth_center[None].expand(len(frames), -1))
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clip", type=Path, help="the processed clip the head was trained on")
+    parser.add_argument("head", type=Path, help="a head kept by encoder_benchmark.py --heads (arm shipped)")
+    parser.add_argument("--eval-frames", type=int, default=20, help="held-out frames, spread as the benchmark's")
+    parser.add_argument("--codes", nargs="+", choices=CODES, default=list(CODES))
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    offline_lpips_placeholder()
+
+    from jean_nerfstudio.metrics.face import FaceMeter
+
+    kept = torch.load(args.head, map_location="cpu", weights_only=False)
+    overrides, iterations = kept["overrides"], kept["iterations"]
+    pipeline, _ = load_head(jean_config(args.clip, "shipped", overrides), args.head, overrides, iterations)
+    audio = pipeline.model.audio
+    if audio.mouth_readout is None:
+        raise SystemExit(f"{args.head}: this head takes the learned audio path; this needs the mouth-geometry one")
+    results: Dict[str, Any] = {
+        "date": str(date.today()),
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides, "held_out": {},
+    }
+    with FaceMeter() as meter:
+        for name in args.codes:
+            with frame_codes_from(audio, code_source(audio, name)):
+                results["held_out"][name] = evaluate_held_out(pipeline, args.eval_frames, meter)
+            print(f"{args.clip.name} / {name}: {results['held_out'][name]}", flush=True)
+            if args.output:
+                partial = args.output.with_name(f".{args.output.name}.partial")
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(results, indent=2) + "\n")
+                partial.replace(args.output)
+
+
+if __name__ == "__main__":
+    main()
