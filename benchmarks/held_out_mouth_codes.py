@@ -6,6 +6,8 @@ three audio codes: (a) `readout`, the readout's prediction of the speech-driven 
 perfect audio model: the ceiling that better audio features could reach with this head), (c) `mean`, the training
 frames' mean geometry (no mouth information from the audio). The gap (b) - (a) is what the audio prediction costs;
 (a) - (c) is what it buys; the gap between (b) and a static model's mouth is what the rendering itself reaches.
+Without rendering, it also scores the readout's geometry on the held-out frames, per column: R^2 against the training
+frames' mean (below 0: the prediction is worse than none) and the correlation with the measured geometry.
 
     python benchmarks/held_out_mouth_codes.py DATA/mimictalk_german_20s HEADS/mimictalk_german_20s/shipped.pt \\
         --eval-frames 20 --output benchmarks/results/defaults/mimictalk_german_20s_held_out_codes.json
@@ -52,13 +54,39 @@ def code_source(audio, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda frames: audio.geometry_code(audio.mouth_center[None].expand(len(frames), -1))
 
 
+def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
+    """Per geometry column, on the held-out frames: R^2 of the readout's prediction against the training frames'
+    mean geometry, and its correlation with the measured geometry."""
+    train = torch.as_tensor(clip.train_indices)
+    held = torch.as_tensor(clip.eval_indices)
+    neighbours = audio._neighbour_index(held, audio.num_frames)  # the frames codes() reads, as it reads them
+    unique, inverse = torch.unique(neighbours, return_inverse=True)
+    predicted = audio.mouth_readout(audio.encode_windows(audio.windows[unique])[inverse]).double()
+    measured = audio.mouth_targets[held].double()
+    baseline = audio.mouth_targets[train].double().mean(0)
+    r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
+    centred_p, centred_m = predicted - predicted.mean(0), measured - measured.mean(0)
+    correlation = (centred_p * centred_m).sum(0) / (centred_p.norm(dim=0) * centred_m.norm(dim=0)).clamp_min(1e-12)
+    from jean_nerfstudio.expression.inputs import expression_inputs
+
+    # The geometry's columns, named as `models.jean_model.speech_mouth_geometry` picks them.
+    names = [n for n in expression_inputs(clip).layout.speech_target_names if n.startswith("hp:geom:")]
+    if len(names) != measured.shape[1]:
+        names = [f"column_{j}" for j in range(measured.shape[1])]
+    return {
+        name: {"r2_vs_train_mean": round(float(r2[j]), 3), "correlation": round(float(correlation[j]), 3)}
+        for j, name in enumerate(names)
+    }
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip", type=Path, help="the processed clip the head was trained on")
     parser.add_argument("head", type=Path, help="a head kept by encoder_benchmark.py --heads (arm shipped)")
     parser.add_argument("--eval-frames", type=int, default=20, help="held-out frames, spread as the benchmark's")
-    parser.add_argument("--codes", nargs="+", choices=CODES, default=list(CODES))
+    parser.add_argument("--codes", nargs="*", choices=CODES, default=list(CODES),
+                        help="which codes to render the held-out frames with (none: the geometry scores only)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     offline_lpips_placeholder()
@@ -74,18 +102,25 @@ def main() -> None:
     results: Dict[str, Any] = {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides, "held_out": {},
+        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides,
+        "readout_geometry_held_out": readout_geometry_scores(audio, pipeline.model.clip), "held_out": {},
     }
+    print(f"{args.clip.name}: readout geometry on held-out frames {results['readout_geometry_held_out']}", flush=True)
+
+    def save() -> None:
+        if args.output:
+            partial = args.output.with_name(f".{args.output.name}.partial")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(results, indent=2) + "\n")
+            partial.replace(args.output)
+
+    save()
     with FaceMeter() as meter:
         for name in args.codes:
             with frame_codes_from(audio, code_source(audio, name)):
                 results["held_out"][name] = evaluate_held_out(pipeline, args.eval_frames, meter)
             print(f"{args.clip.name} / {name}: {results['held_out'][name]}", flush=True)
-            if args.output:
-                partial = args.output.with_name(f".{args.output.name}.partial")
-                partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps(results, indent=2) + "\n")
-                partial.replace(args.output)
+            save()
 
 
 if __name__ == "__main__":
