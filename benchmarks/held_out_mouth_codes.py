@@ -33,6 +33,9 @@ from common import evaluate_held_out  # noqa: E402
 from encoder_benchmark import jean_config, load_head  # noqa: E402
 from model_benchmark import offline_lpips_placeholder  # noqa: E402
 
+from jean_nerfstudio.expression.inputs import expression_inputs  # noqa: E402
+from jean_nerfstudio.models.conditioning import _column_correlation  # noqa: E402
+
 CODES = ("readout", "measured", "mean")
 
 
@@ -65,14 +68,10 @@ def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
     measured = audio.mouth_targets[held].double()
     baseline = audio.mouth_targets[train].double().mean(0)
     r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
-    centred_p, centred_m = predicted - predicted.mean(0), measured - measured.mean(0)
-    correlation = (centred_p * centred_m).sum(0) / (centred_p.norm(dim=0) * centred_m.norm(dim=0)).clamp_min(1e-12)
-    from jean_nerfstudio.expression.inputs import expression_inputs
-
-    # The geometry's columns, named as `models.jean_model.speech_mouth_geometry` picks them.
-    names = [n for n in expression_inputs(clip).layout.speech_target_names if n.startswith("hp:geom:")]
-    if len(names) != measured.shape[1]:
-        names = [f"column_{j}" for j in range(measured.shape[1])]
+    correlation = _column_correlation(predicted, measured)
+    # The geometry's columns, named by the rule `models.jean_model.speech_mouth_geometry` picks them with.
+    all_names = expression_inputs(clip).layout.speech_target_names
+    names = [n for n in all_names if n.startswith("hp:geom:")] or list(all_names)
     return {
         name: {"r2_vs_train_mean": round(float(r2[j]), 3), "correlation": round(float(correlation[j]), 3)}
         for j, name in enumerate(names)
