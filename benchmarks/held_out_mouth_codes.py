@@ -62,9 +62,7 @@ def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
     mean geometry, and its correlation with the measured geometry."""
     train = torch.as_tensor(clip.train_indices)
     held = torch.as_tensor(clip.eval_indices)
-    neighbours = audio._neighbour_index(held, audio.num_frames)  # the frames codes() reads, as it reads them
-    unique, inverse = torch.unique(neighbours, return_inverse=True)
-    predicted = audio.mouth_readout(audio.encode_windows(audio.windows[unique])[inverse]).double()
+    predicted = audio.readout_geometry(audio.windows, held).double()  # what codes() turns into held-out codes
     measured = audio.mouth_targets[held].double()
     baseline = audio.mouth_targets[train].double().mean(0)
     r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)

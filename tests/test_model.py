@@ -382,6 +382,7 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
         expected = audio.geometry_code(audio.mouth_readout(audio.encode_windows(audio.windows[neighbours.flatten()])
                                                               .view(3, neighbours.shape[1], -1)))
         torch.testing.assert_close(from_audio, expected)
+        torch.testing.assert_close(audio.geometry_code(audio.readout_geometry(audio.windows, frames)), expected)
         silence = audio.silence_code()
         assert silence.shape == (1, model.config.audio_code_dim)
         waveform = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
@@ -393,6 +394,8 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
                                         audio_encoder_checkpoint=None, **TINY_MODEL)
     learned = per_subject.pipeline.setup(device="cpu", test_mode="val").model.audio
     assert learned.mouth_readout is None and learned.train_encoder
+    with pytest.raises(ValueError, match="mouth-geometry audio path"):
+        learned.readout_geometry(learned.windows, torch.arange(3))
     from jean_nerfstudio.audio.source import build_audio_source
     from jean_nerfstudio.models.conditioning import AudioConditioner
 

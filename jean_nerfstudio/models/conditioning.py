@@ -210,12 +210,25 @@ class AudioConditioner(nn.Module):
         self, windows: Float[Tensor, "frames window channels"], frames: Int[Tensor, "batch"]
     ) -> Float[Tensor, "batch code"]:
         """Codes of `frames` (indices into the sequence `windows`)."""
+        if self.mouth_readout is not None:
+            return self.geometry_code(self.readout_geometry(windows, frames))
+        return self.projection(self.smoother(self.neighbour_features(windows, frames)))
+
+    def neighbour_features(
+        self, windows: Float[Tensor, "frames window channels"], frames: Int[Tensor, "batch"]
+    ) -> Float[Tensor, "batch k feature"]:
+        """Encoder features of each frame's 2K+1 neighbours in `windows` (each distinct window encoded once)."""
         neighbours = self._neighbour_index(frames, windows.shape[0])  # [B, 2K+1]
         unique, inverse = torch.unique(neighbours, return_inverse=True)
-        features = self.encode_windows(windows[unique])[inverse]  # [B, 2K+1, E]
-        if self.mouth_readout is not None:
-            return self.geometry_code(self.mouth_readout(features))
-        return self.projection(self.smoother(features))
+        return self.encode_windows(windows[unique])[inverse]
+
+    def readout_geometry(
+        self, windows: Float[Tensor, "frames window channels"], frames: Int[Tensor, "batch"]
+    ) -> Float[Tensor, "batch columns"]:
+        """The speech-driven mouth geometry the readout predicts from the audio of `frames` (in the clip's units)."""
+        if self.mouth_readout is None:
+            raise ValueError("readout_geometry needs the mouth-geometry audio path (audio_through_mouth_geometry)")
+        return self.mouth_readout(self.neighbour_features(windows, frames))
 
     def _neighbour_index(self, frames: Int[Tensor, "batch"], length: int) -> Int[Tensor, "batch k"]:
         offsets = torch.arange(-self.smoothing_frames, self.smoothing_frames + 1, device=frames.device)
