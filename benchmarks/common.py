@@ -93,15 +93,16 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_held_out(pipeline, max_frames: Optional[int] = None, meter=None) -> Dict[str, float]:
+def evaluate_held_out(pipeline, max_frames: Optional[int] = None, meter=None, dataset=None) -> Dict[str, float]:
     """Mean PSNR over the held-out frames (full frame, head region, mouth region), reference renderer; with a
-    `FaceMeter`, also the mouth landmark distance (LMD-mouth, pixels) between rendered and real frames."""
+    `FaceMeter`, also the mouth landmark distance (LMD-mouth, pixels) between rendered and real frames. `dataset`:
+    other frames scored the same way (e.g. the training frames, to tell underfitting from poor generalization)."""
     from jean_nerfstudio import constants as C
     from jean_nerfstudio.data.dataset import read_labels
     from jean_nerfstudio.metrics.image import psnr_tensor
 
     pipeline.eval()
-    dataset = pipeline.datamanager.eval_dataset
+    dataset = pipeline.datamanager.eval_dataset if dataset is None else dataset
     segmentation = dataset.metadata["segmentation_filenames"]
     count = len(dataset) if max_frames is None else min(len(dataset), max_frames)
     chosen = np.linspace(0, len(dataset) - 1, count).round().astype(int)

@@ -8,6 +8,8 @@ frames' mean geometry (no mouth information from the audio). The gap (b) - (a) i
 (a) - (c) is what it buys; the gap between (b) and a static model's mouth is what the rendering itself reaches.
 Without rendering, it also scores the readout's geometry on the held-out frames, per column: R^2 against the training
 frames' mean (below 0: the prediction is worse than none) and the correlation with the measured geometry.
+`--split train` scores training frames the same way instead (the head has seen them: with the measured geometry, how
+far the renderer fits what it was trained on, i.e. underfitting vs poor generalization).
 
     python benchmarks/held_out_mouth_codes.py DATA/mimictalk_german_20s HEADS/mimictalk_german_20s/shipped.pt \\
         --eval-frames 20 --output benchmarks/results/defaults/mimictalk_german_20s_held_out_codes.json
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--eval-frames", type=int, default=20, help="held-out frames, spread as the benchmark's")
     parser.add_argument("--codes", nargs="*", choices=CODES, default=list(CODES),
                         help="which codes to render the held-out frames with (none: the geometry scores only)")
+    parser.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                        help="which frames to render and score ('train': frames the head was trained on)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     offline_lpips_placeholder()
@@ -99,8 +103,8 @@ def main() -> None:
     results: Dict[str, Any] = {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides,
-        "readout_geometry_held_out": readout_geometry_scores(audio, pipeline.model.clip), "held_out": {},
+        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides, "split": args.split,
+        "readout_geometry_held_out": readout_geometry_scores(audio, pipeline.model.clip),
     }
     print(f"{args.clip.name}: readout geometry on held-out frames {results['readout_geometry_held_out']}", flush=True)
 
@@ -112,11 +116,14 @@ def main() -> None:
             partial.replace(args.output)
 
     save()
+    datamanager = pipeline.datamanager
+    frames = datamanager.train_dataset if args.split == "train" else datamanager.eval_dataset
+    scores = results.setdefault("train_frames" if args.split == "train" else "held_out", {})
     with FaceMeter() as meter:
         for name in args.codes:
             with frame_codes_from(audio, code_source(audio, name)):
-                results["held_out"][name] = evaluate_held_out(pipeline, args.eval_frames, meter)
-            print(f"{args.clip.name} / {name}: {results['held_out'][name]}", flush=True)
+                scores[name] = evaluate_held_out(pipeline, args.eval_frames, meter, dataset=frames)
+            print(f"{args.clip.name} / {args.split} / {name}: {scores[name]}", flush=True)
             save()
 
 
