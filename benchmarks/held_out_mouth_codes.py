@@ -83,9 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip", type=Path, help="the processed clip the head was trained on")
     parser.add_argument("head", type=Path, help="a head kept by encoder_benchmark.py --heads (arm shipped)")
-    parser.add_argument("--eval-frames", type=int, default=20, help="held-out frames, spread as the benchmark's")
+    parser.add_argument("--eval-frames", type=int, default=20,
+                        help="frames scored (of --split), spread over it as the benchmark spreads held-out ones")
     parser.add_argument("--codes", nargs="*", choices=CODES, default=list(CODES),
-                        help="which codes to render the held-out frames with (none: the geometry scores only)")
+                        help="which codes to render the scored frames with (none: the geometry scores only)")
     parser.add_argument("--split", choices=("held-out", "train"), default="held-out",
                         help="which frames to render and score ('train': frames the head was trained on)")
     parser.add_argument("--output", type=Path, default=None)
