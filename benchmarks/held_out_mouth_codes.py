@@ -6,6 +6,8 @@ three audio codes: (a) `readout`, the readout's prediction of the speech-driven 
 perfect audio model: the ceiling that better audio features could reach with this head), (c) `mean`, the training
 frames' mean geometry (no mouth information from the audio). The gap (b) - (a) is what the audio prediction costs;
 (a) - (c) is what it buys; the gap between (b) and a static model's mouth is what the rendering itself reaches.
+`readout-lip-gaps` and `measured-lip-gaps` split that cost by column: the lip gaps of (a) or (b), every other column
+(the mouth width) at the training frames' mean.
 Without rendering, it also scores the readout's geometry on the held-out frames, per column: R^2 against the training
 frames' mean (below 0: the prediction is worse than none) and the correlation with the measured geometry.
 `--split train` scores training frames the same way instead (the head has seen them: with the measured geometry, how
@@ -26,7 +28,7 @@ import sys
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 
@@ -38,7 +40,7 @@ from model_benchmark import offline_lpips_placeholder  # noqa: E402
 from jean_nerfstudio.expression.inputs import expression_inputs  # noqa: E402
 from jean_nerfstudio.models.conditioning import _column_correlation  # noqa: E402
 
-CODES = ("readout", "measured", "mean")
+CODES = ("readout", "measured", "mean", "readout-lip-gaps", "measured-lip-gaps")
 
 
 @contextmanager
@@ -51,12 +53,31 @@ def frame_codes_from(audio, codes: Callable[[torch.Tensor], torch.Tensor]) -> It
         del audio.frame_codes
 
 
-def code_source(audio, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def geometry_column_names(clip) -> List[str]:
+    """The geometry's columns, named by the rule `models.jean_model.speech_mouth_geometry` picks them with."""
+    all_names = expression_inputs(clip).layout.speech_target_names
+    return [n for n in all_names if n.startswith("hp:geom:")] or list(all_names)
+
+
+def code_source(audio, name: str, columns: List[str]) -> Callable[[torch.Tensor], torch.Tensor]:
     if name == "readout":
         return lambda frames: audio.codes(audio.windows, frames)
     if name == "measured":
         return lambda frames: audio.geometry_code(audio.mouth_targets[frames])
-    return lambda frames: audio.geometry_code(audio.mouth_center[None].expand(len(frames), -1))
+    if name == "mean":
+        return lambda frames: audio.geometry_code(audio.mouth_center[None].expand(len(frames), -1))
+    # The lip gaps of the readout or of the real frame; the other columns held at the training mean.
+    gaps = torch.tensor([c.startswith("hp:geom:lip_gap") for c in columns])
+    if not gaps.any():
+        raise SystemExit(f"--codes {name}: this clip's mouth geometry has no lip-gap columns ({columns})")
+
+    def lip_gaps_only(frames: torch.Tensor) -> torch.Tensor:
+        source = audio.readout_geometry(audio.windows, frames) if name == "readout-lip-gaps" else audio.mouth_targets[frames]
+        geometry = audio.mouth_center[None].expand(len(frames), -1).clone()
+        geometry[:, gaps] = source[:, gaps]
+        return audio.geometry_code(geometry)
+
+    return lip_gaps_only
 
 
 def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
@@ -69,9 +90,7 @@ def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
     baseline = audio.mouth_targets[train].double().mean(0)
     r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
     correlation = _column_correlation(predicted, measured)
-    # The geometry's columns, named by the rule `models.jean_model.speech_mouth_geometry` picks them with.
-    all_names = expression_inputs(clip).layout.speech_target_names
-    names = [n for n in all_names if n.startswith("hp:geom:")] or list(all_names)
+    names = geometry_column_names(clip)
     return {
         name: {"r2_vs_train_mean": round(float(r2[j]), 3), "correlation": round(float(correlation[j]), 3)}
         for j, name in enumerate(names)
@@ -120,9 +139,10 @@ def main() -> None:
     datamanager = pipeline.datamanager
     frames = datamanager.train_dataset if args.split == "train" else datamanager.eval_dataset
     scores = results.setdefault("train_frames" if args.split == "train" else "held_out", {})
+    columns = geometry_column_names(pipeline.model.clip)
     with FaceMeter() as meter:
         for name in args.codes:
-            with frame_codes_from(audio, code_source(audio, name)):
+            with frame_codes_from(audio, code_source(audio, name, columns)):
                 scores[name] = evaluate_held_out(pipeline, args.eval_frames, meter, dataset=frames)
             print(f"{args.clip.name} / {args.split} / {name}: {scores[name]}", flush=True)
             save()
