@@ -1,23 +1,22 @@
-"""Would a mouth readout fitted across many speakers predict a new speaker's mouth better than the clip's own? (issue 13)
+"""Does the corpus prior help the head's mouth readout on speakers it never heard? (issue 13)
 
 The head's audio path reads the speech-driven mouth geometry (high-pass lip gaps and mouth width,
-`models.jean_model.speech_mouth_geometry`) from the frozen shipped audio encoder's features with a ridge map fitted on
-the one clip (`MouthReadout`). On obama_2's held-out tail that map predicts the lip gaps with R^2 0.39 and the mouth
-width worse than the training mean. This script fits the same kind of map on the pre-training corpus instead (every
-frame of every training clip, each clip's geometry standardized by its own spread, because speakers' mouths move
-several-fold differently; regularization chosen by cross-validation over groups of whole clips), and scores on each
-target clip's held-out tail, per column:
+`models.jean_model.speech_mouth_geometry`) from the frozen audio encoder's features with a ridge map fitted on its one
+clip (`models.conditioning.MouthReadout`). `jean-pretrain` also fits that kind of map on every pre-training clip and
+stores it in the audio checkpoint (`audio.mouth_prior`). Per target clip and geometry column, this script scores three
+readouts by R^2 against the training frames' mean:
 
-  * `per_clip`: the head's readout, fitted on the clip's training frames (as `audio_through_mouth_geometry` does);
-  * `pooled`: the corpus map, rescaled by the clip's training spread and centred on its training mean;
-  * `pooled_prior`: the clip's own ridge shrunk towards the rescaled corpus map instead of towards zero (strength by
-    blocked cross-validation on the training frames), i.e. the corpus as a prior that the clip's data can overrule.
+  * `per_clip`: the clip's own map, shrunk towards zero (`--pipeline.model.no-mouth-readout-prior`);
+  * `corpus_map`: the corpus map alone, rescaled by the clip's training spread and centred on its training mean;
+  * `with_prior`: the clip's map shrunk towards the rescaled corpus map (the default, `mouth_readout_prior`).
 
-    python benchmarks/pooled_mouth_readout.py --corpus pretrain_work/* --targets DATA/obama_2 DATA/mimictalk_german_20s \\
-        --output benchmarks/results/pooled_mouth_readout.json
+They are scored on the clip's held-out tail (the frames the heads are scored on; a few seconds, so noisy) and over the
+whole clip: each of five contiguous blocks predicted by readouts fitted on the rest (4 frames either side left out).
 
-`--corpus` takes processed clips (`jean-pretrain`'s work folder) of the speakers the shipped encoder was trained on;
-the targets must be speakers it never heard.
+    python benchmarks/pooled_mouth_readout.py DATA/obama_2 DATA/mimictalk_german_20s DATA/obama_1 DATA/obama_3 \\
+        DATA/may_5s DATA/vox_00098 --output benchmarks/results/pooled_mouth_readout.json
+
+The clips must be speakers the checkpoint's encoder and prior never saw (the shipped ones: see the model card).
 """
 
 from __future__ import annotations
@@ -25,166 +24,108 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mouth_from_audio import context_features  # noqa: E402
-
-RIDGES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
-CONTEXT = 4  # the head's default audio_smoothing_frames: features of frames t-4..t+4
+BLOCKS = 5
+MARGIN = 4
 
 
 @torch.no_grad()
-def clip_arrays(clip_dir: Path) -> Tuple[Any, np.ndarray, np.ndarray, np.ndarray, List[str]]:
-    """(clip, features [frames, (2K+1) * feature], geometry [frames, columns], face detected [frames], column names)."""
+def clip_arrays(clip_dir: Path, checkpoint: str) -> Tuple[Any, torch.Tensor, torch.Tensor, np.ndarray, List[str], Any]:
+    """(clip, neighbour features [frames, 2K+1, feature], geometry [frames, columns], face found [frames], column
+    names, the checkpoint's mouth prior), as the head builds them."""
     from jean_nerfstudio.audio.source import build_audio_source
     from jean_nerfstudio.contract import ProcessedClip
-    from jean_nerfstudio.expression.inputs import expression_inputs
-    from jean_nerfstudio.models.jean_model import speech_mouth_geometry
+    from jean_nerfstudio.models.jean_model import speech_mouth_geometry_columns
 
     clip = ProcessedClip.open(clip_dir)
-    source = build_audio_source(clip, "shipped")
-    encoder = source.encoder.eval()
-    features = torch.cat([encoder(chunk) for chunk in source.windows.split(512)]).double().numpy()
-    geometry = speech_mouth_geometry(clip).double().numpy()
+    source = build_audio_source(clip, checkpoint)
+    if source.mouth_prior is None:
+        raise SystemExit(f"{checkpoint}: this audio checkpoint has no mouth prior; `jean-pretrain` writes one")
+    features = torch.cat([source.encoder(chunk) for chunk in source.windows.split(512)])
+    geometry, columns = speech_mouth_geometry_columns(clip)
     n = min(len(features), len(geometry))
-    detected = clip.feature("face_detected") if clip.has_feature("face_detected") else np.ones(n, bool)
-    names = [c for c in expression_inputs(clip).layout.speech_target_names if c.startswith("hp:geom:")]
-    x = context_features(features[:n], CONTEXT).flatten(1).numpy()
-    return clip, x, geometry[:n], np.asarray(detected[:n], bool), names
+    k = source.mouth_prior.context_frames
+    index = (torch.arange(n)[:, None] + torch.arange(-k, k + 1)[None]).clamp(0, n - 1)
+    found = clip.feature("face_detected")[:n].astype(bool) if clip.has_feature("face_detected") else np.ones(n, bool)
+    return clip, features[:n][index], geometry[:n], found, columns, source.mouth_prior
 
 
-def ridge_solve(z: np.ndarray, y: np.ndarray, ridge: float, prior: Optional[np.ndarray] = None) -> np.ndarray:
-    """argmin_w |y - z w|^2 + ridge |w - prior|^2 (z, y centred)."""
-    prior = np.zeros((z.shape[1], y.shape[1])) if prior is None else prior
-    return np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ y + ridge * prior)
+def readout_predictions(neighbours: torch.Tensor, geometry: torch.Tensor, fit_on: np.ndarray,
+                        prior) -> Dict[str, np.ndarray]:
+    """Every frame's geometry as each readout fitted on the frames `fit_on` predicts it."""
+    from jean_nerfstudio.models.conditioning import MouthReadout
+
+    train = torch.from_numpy(fit_on)
+    per_clip = MouthReadout(neighbours, geometry, train, restore_spread=False)
+    with_prior = MouthReadout(neighbours, geometry, train, restore_spread=False, prior=prior)
+    x = neighbours.flatten(1)
+    y = geometry[train].double()
+    corpus = ((x - x[train].mean(0)) / prior.feature_scale) @ prior.weights
+    return {
+        "per_clip": per_clip(neighbours).double().numpy(),
+        "corpus_map": (corpus.double() * y.std(0) + y.mean(0)).numpy(),
+        "with_prior": with_prior(neighbours).double().numpy(),
+    }
 
 
 def r2(predicted: np.ndarray, measured: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """Per column: 1 - error / error of `baseline` (the training frames' mean)."""
     return 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
 
 
-def correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / np.maximum(np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0), 1e-12)
-
-
-def fit_pooled(corpus: Sequence[Path], folds: int = 5, seed: int = 0) -> Dict[str, Any]:
-    """The corpus map: features (standardized over the corpus) -> each clip's geometry in units of its own spread."""
-    xs, ys, groups, used = [], [], [], []
-    for k, clip_dir in enumerate(corpus):
-        try:
-            _, x, y, detected, _ = clip_arrays(clip_dir)
-        except Exception as error:  # a clip that failed to process is reported and skipped, as jean-pretrain does
-            print(f"{clip_dir.name}: skipped ({error})")
-            continue
-        x, y = x[detected], y[detected]
-        xs.append(x)
-        ys.append((y - y.mean(0)) / np.maximum(y.std(0), 1e-3))
-        groups.append(np.full(len(y), k))
-        used.append(clip_dir.name)
-    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / scale
-    # Whole clips per fold: a map that had seen the test clip's speaker would look better than it is on a new one.
-    fold_of = np.random.default_rng(seed).permutation(np.unique(group))
-    held = np.array_split(fold_of, folds)
-    scores = {}
-    for ridge in RIDGES:
-        predicted = np.zeros_like(y)
-        for clips in held:
-            test = np.isin(group, clips)
-            zt, yt = z[~test], y[~test]
-            predicted[test] = (z[test] - zt.mean(0)) @ ridge_solve(zt - zt.mean(0), yt - yt.mean(0), ridge)
-        scores[ridge] = float(correlation(predicted, y).mean())
-    best = max(scores, key=scores.get)
-    weights = ridge_solve(z - z.mean(0), y - y.mean(0), best)
-    return {"clips": used, "frames": int(len(y)), "cv_correlation_by_ridge": scores, "ridge": best,
-            "mean": mean, "scale": scale, "weights": weights}
-
-
-def target_scores(clip_dir: Path, pooled: Dict[str, Any], folds: int = 5) -> Dict[str, Any]:
-    from jean_nerfstudio.models.conditioning import MouthReadout
-
-    clip, x, y, detected, names = clip_arrays(clip_dir)
-    train = np.array(clip.train_indices)
-    held = np.array(clip.eval_indices)
-    train, held = train[detected[train]], held[detected[held]]
-    y_mean, y_std = y[train].mean(0), np.maximum(y[train].std(0), 1e-3)
-    z = (x - pooled["mean"]) / pooled["scale"]
-    pooled_standard = z @ pooled["weights"]
-    predictions: Dict[str, np.ndarray] = {}
-    per_clip = MouthReadout(torch.from_numpy(x).float()[:, None], torch.from_numpy(y).float(), torch.from_numpy(train),
-                            restore_spread=False)
-    predictions["per_clip"] = per_clip(torch.from_numpy(x).float()[:, None]).double().numpy()
-    predictions["pooled"] = pooled_standard * y_std + y_mean
-    # The clip's ridge shrunk towards the corpus map (in the clip's units), per column, strength by blocked CV.
-    prior = pooled["weights"] * y_std
-    blocks = np.array_split(np.arange(len(train)), folds)
-    chosen, prior_prediction = [], np.empty_like(y)
-    for column in range(y.shape[1]):
-        best: Optional[Tuple[float, float]] = None
-        for ridge in RIDGES:
-            out_of_fold = np.empty(len(train))
-            for block in blocks:
-                rest = train[np.setdiff1d(np.arange(len(train)), block)]
-                zr, yr = z[rest], y[rest, column:column + 1]
-                w = ridge_solve(zr - zr.mean(0), yr - yr.mean(0), ridge, prior[:, column:column + 1])
-                out_of_fold[block] = ((z[train[block]] - zr.mean(0)) @ w + yr.mean(0))[:, 0]
-            score = float(r2(out_of_fold[:, None], y[train, column:column + 1], y[train, column:column + 1].mean(0))[0])
-            if best is None or score > best[0]:
-                best = (score, ridge)
-        assert best is not None
-        zr, yr = z[train], y[train, column:column + 1]
-        w = ridge_solve(zr - zr.mean(0), yr - yr.mean(0), best[1], prior[:, column:column + 1])
-        prior_prediction[:, column] = ((z - zr.mean(0)) @ w + yr.mean(0))[:, 0]
-        chosen.append(best[1])
-    predictions["pooled_prior"] = prior_prediction
-    result: Dict[str, Any] = {"train_frames": int(len(train)), "held_out_frames": int(len(held)),
-                              "per_clip_ridge": per_clip.ridge, "pooled_prior_ridges": dict(zip(names, chosen))}
-    for name, predicted in predictions.items():
-        r2_held = r2(predicted[held], y[held], y_mean)
-        corr_held = correlation(predicted[held], y[held])
-        result[name] = {column: {"r2_vs_train_mean": round(float(r2_held[j]), 3),
-                                 "correlation": round(float(corr_held[j]), 3)} for j, column in enumerate(names)}
+def target_scores(clip_dir: Path, checkpoint: str) -> Dict[str, Any]:
+    clip, neighbours, geometry, found, columns, prior = clip_arrays(clip_dir, checkpoint)
+    y = geometry.double().numpy()
+    train, held = np.array(clip.train_indices), np.array(clip.eval_indices)
+    train, held = train[found[train]], held[found[held]]
+    result: Dict[str, Any] = {"frames": int(len(y)), "train_frames": int(len(train)), "held_out_frames": int(len(held)),
+                              "held_out_tail": {}, "all_blocks": {}}
+    for name, predicted in readout_predictions(neighbours, geometry, train, prior).items():
+        scores = r2(predicted[held], y[held], y[train].mean(0))
+        result["held_out_tail"][name] = {column: round(float(scores[j]), 3) for j, column in enumerate(columns)}
+    error: Dict[str, np.ndarray] = {}
+    spread = np.zeros(y.shape[1])
+    for block in np.array_split(np.arange(len(y)), BLOCKS):
+        fit_on = np.setdiff1d(np.arange(len(y)), np.arange(block[0] - MARGIN, block[-1] + MARGIN + 1))
+        fit_on, block = fit_on[found[fit_on]], block[found[block]]
+        for name, predicted in readout_predictions(neighbours, geometry, fit_on, prior).items():
+            error[name] = error.get(name, 0) + ((predicted[block] - y[block]) ** 2).sum(0)
+        spread += ((y[fit_on].mean(0) - y[block]) ** 2).sum(0)
+    for name, e in error.items():
+        result["all_blocks"][name] = {column: round(float(1 - e[j] / spread[j]), 3) for j, column in enumerate(columns)}
     return result
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, nargs="+", required=True,
-                        help="processed clips of the shipped encoder's training speakers")
-    parser.add_argument("--targets", type=Path, nargs="+", required=True, help="processed clips of unseen speakers")
+    parser.add_argument("clips", type=Path, nargs="+", help="processed clips of speakers the checkpoint never saw")
+    parser.add_argument("--checkpoint", default="shipped", help="audio checkpoint with a mouth prior (default: shipped)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    overlap = {p.name for p in args.corpus} & {p.name for p in args.targets}
-    if overlap:
-        raise SystemExit(f"--targets {sorted(overlap)} are also in --corpus; the targets must be unseen speakers")
-    pooled = fit_pooled(sorted(args.corpus))
-    print(f"pooled map: {len(pooled['clips'])} clips, {pooled['frames']} frames, ridge {pooled['ridge']:g}, "
-          f"leave-clips-out correlation {pooled['cv_correlation_by_ridge'][pooled['ridge']]:.3f}")
     results: Dict[str, Any] = {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "context_frames": CONTEXT,
-        "pooled": {key: pooled[key] for key in ("clips", "frames", "ridge")}
-        | {"cv_correlation_by_ridge": {f"{k:g}": round(v, 4) for k, v in pooled["cv_correlation_by_ridge"].items()}},
-        "targets": {},
+        "checkpoint": Path(args.checkpoint).name,
+        "clips": {},
     }
-    for clip_dir in args.targets:
-        scores = target_scores(clip_dir, pooled)
-        results["targets"][clip_dir.name] = scores
-        for name in ("per_clip", "pooled", "pooled_prior"):
-            r2s = {column.removeprefix("hp:geom:"): v["r2_vs_train_mean"] for column, v in scores[name].items()}
-            print(f"{clip_dir.name} / {name}: held-out R^2 {r2s}")
+    for clip_dir in args.clips:
+        scores = target_scores(clip_dir, args.checkpoint)
+        results["clips"][clip_dir.name] = scores
+        for split in ("held_out_tail", "all_blocks"):
+            for name, columns in scores[split].items():
+                shown = {column.removeprefix("hp:geom:"): value for column, value in columns.items()}
+                print(f"{clip_dir.name} / {split} / {name}: R^2 {shown}")
+    blocks = [scores["all_blocks"] for scores in results["clips"].values()]
+    results["mean_all_blocks"] = {
+        name: {column: round(float(np.mean([b[name][column] for b in blocks])), 3) for column in blocks[0][name]}
+        for name in blocks[0]
+    }
+    print(f"mean over clips, all blocks: {results['mean_all_blocks']}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         partial = args.output.with_name(f".{args.output.name}.partial")

@@ -3,7 +3,9 @@
     jean-pretrain ../shared/data/corpus ../shared/data/clips ../shared/data/multi_speaker --work-dir pretrain_work
 
 1. processes every video (`jean-process`, resumable; a clip that fails is skipped with a one-line reason);
-2. trains the stage-1 lip-aligned audio encoder on the training speakers (`jean-train-audio`'s trainer);
+2. trains the stage-1 lip-aligned audio encoder on the training speakers (`jean-train-audio`'s trainer), then fits
+   on the same clips its corpus map to the speech-driven mouth geometry (`audio.mouth_prior`, stored in the checkpoint)
+   that the head's mouth readout is shrunk towards;
 3. trains the transformer expression encoder with the audio encoder's leak term (`jean-train-expression`'s);
 4. prints the held-out probes of both and, with `--speaker-curve`, held-out sync retrieval against the number of
    training speakers;
@@ -23,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import tyro
 from rich.console import Console
@@ -32,6 +34,9 @@ from rich.table import Table
 
 from jean_nerfstudio.errors import UserError, exit_on_user_error
 from jean_nerfstudio.weights import AUDIO_ENCODER_FILE, EXPRESSION_ENCODER_FILE, MODEL_CARD_FILE, WEIGHTS_DIR
+
+if TYPE_CHECKING:
+    from jean_nerfstudio.audio.mouth_prior import MouthPrior
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
 REPORT_FILE = "pretrain_report.json"
@@ -181,6 +186,36 @@ def rewrite_checkpoint(path: Path, final: Path) -> None:
         torch.save(payload, tmp)
 
 
+def fit_checkpoint_mouth_prior(checkpoint: Path, datasets: Sequence[Path], context_frames: int = 4) -> "MouthPrior":
+    """The corpus map from `checkpoint`'s audio features to the speech-driven mouth geometry, fitted on `datasets`
+    (the training clips; frames without a face left out), as the head's readout reads them."""
+    import numpy as np
+    import torch
+
+    from jean_nerfstudio.audio.mouth_prior import fit_mouth_prior
+    from jean_nerfstudio.audio.source import build_audio_source
+    from jean_nerfstudio.contract import ProcessedClip
+    from jean_nerfstudio.models.jean_model import speech_mouth_geometry_columns
+
+    features, geometry, names, columns = [], [], [], None
+    for dataset in datasets:
+        clip = ProcessedClip.open(dataset)
+        source = build_audio_source(clip, checkpoint)
+        with torch.no_grad():
+            f = torch.cat([source.encoder(chunk) for chunk in source.windows.split(512)]).numpy()
+        y, clip_columns = speech_mouth_geometry_columns(clip)
+        if columns is None:
+            columns = clip_columns
+        if clip_columns != columns:
+            continue  # another landmark layout: its geometry is not the same quantity
+        n = min(len(f), len(y))
+        found = clip.feature("face_detected")[:n].astype(bool) if clip.has_feature("face_detected") else np.ones(n, bool)
+        features.append(f[:n][found])
+        geometry.append(y[:n].numpy()[found])
+        names.append(dataset.name)
+    return fit_mouth_prior(features, geometry, names, columns or [], context_frames=context_frames)
+
+
 def train_audio(datasets: List[Path], held: List[Path], output: Path, steps: int, threads: int, seed: int, console: Console):
     from jean_nerfstudio.audio.train import AudioTrainConfig, train
 
@@ -237,6 +272,7 @@ def write_model_card(path: Path, report: Dict[str, Any]) -> None:
         f"max relative error {audio['offset_max_relative_error']}.",
         f"- Upper-face leak (ridge R² from the audio feature to brows/eyes, best channel): {audio['upper_face_r2_max']:.3f} "
         f"(raw audio windows: {audio['upper_face_r2_max_raw']:.3f}).",
+        *mouth_prior_card_lines(audio.get("mouth_prior")),
         "",
         "## Expression encoder (`expression_encoder.ckpt`)",
         f"- Banded-attention transformer over ±1.5 s of blendshapes and pose-free landmarks (MediaPipe layout); "
@@ -259,6 +295,15 @@ def write_model_card(path: Path, report: Dict[str, Any]) -> None:
         lines.append("")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
+
+
+def mouth_prior_card_lines(prior: Optional[Dict[str, Any]]) -> List[str]:
+    if not prior:
+        return []
+    return [f"- Mouth prior (in the same file, key `mouth_prior`): ridge map from the features of ±4 frames to the "
+            f"speech-driven mouth geometry, fitted on {prior['frames']} frames of the {prior['clips']} training clips; "
+            f"leave-clips-out correlation {prior['cv_correlation']:.2f}. The head's readout is shrunk towards it "
+            f"(`mouth_readout_prior`)."]
 
 
 def _probe_value(probes: Dict[str, Any], where: str, target_words: Sequence[str]) -> float:
@@ -312,6 +357,12 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
     from jean_nerfstudio.audio.train_cli import print_report as print_audio_report
 
     print_audio_report(console, audio_result, audio_config)
+    from jean_nerfstudio.audio.checkpoint import add_mouth_prior
+
+    mouth_prior = fit_checkpoint_mouth_prior(scratch / AUDIO_ENCODER_FILE, train_sets)
+    add_mouth_prior(scratch / AUDIO_ENCODER_FILE, mouth_prior)
+    console.print(f"mouth prior: {mouth_prior.frames} frames of {len(mouth_prior.clips)} clips, ridge {mouth_prior.ridge:g}, "
+                  f"leave-clips-out correlation {mouth_prior.cv_correlation:.3f}", highlight=False)
 
     curve: List[Dict[str, Any]] = []
     order = sorted(set(speakers.values()))
@@ -378,6 +429,8 @@ def run(cmd: PretrainCommand, console: Console) -> Dict[str, Any]:
             "offsets": [{"clip": o.clip, "k": o.true_offset, "estimated": o.estimated_offset} for o in offsets],
             "upper_face_r2_max": float(probe.r2_max) if probe else float("nan"),
             "upper_face_r2_max_raw": float(report_audio.probe_audio_input.r2_max) if report_audio.probe_audio_input else float("nan"),
+            "mouth_prior": {"frames": mouth_prior.frames, "clips": len(mouth_prior.clips), "ridge": mouth_prior.ridge,
+                            "cv_correlation": mouth_prior.cv_correlation},
         },
         "expression": {
             "steps": cmd.expression_steps,

@@ -311,7 +311,8 @@ def test_mouth_readout_recovers_a_linear_map_and_restores_its_spread():
     neighbours = (latent @ torch.randn(2, feature))[:, None, :].expand(-1, k, -1) + 0.3 * torch.randn(frames, k, feature)
     train = torch.arange(0, 320)
     readout = MouthReadout(neighbours, targets, train)
-    assert readout.cv_correlation > 0.8 and readout.ridge in MouthReadout.ridges
+    assert readout.cv_correlation > 0.8 and all(ridge in MouthReadout.ridges for ridge in readout.ridge)
+    assert len(readout.ridge) == len(readout.cv_r2) == 3 and min(readout.cv_r2) > 0.6
     predicted = readout(neighbours[320:])
     for column in range(3):
         r = torch.corrcoef(torch.stack([predicted[:, column], targets[320:, column]]))[0, 1]
@@ -338,6 +339,72 @@ def test_mouth_readout_recovers_a_linear_map_and_restores_its_spread():
         assert abs(r(unrelated.out_of_fold[:, c], targets[train, c])) < 0.3
 
 
+def _speakers(count: int, frames: int, feature: int = 12, seed: int = 0):
+    """Clips whose mouth geometry is one shared linear map of their audio features (plus noise), each speaker's mouth
+    moving by its own amount: [(features [frames, feature], geometry [frames, 2])], and the shared map."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randn(feature, 2, generator=generator)
+    clips = []
+    for _ in range(count):
+        f = torch.randn(frames, feature, generator=generator)
+        y = (f @ shared + 1.5 * torch.randn(frames, 2, generator=generator)) * (0.5 + torch.rand(1, generator=generator))
+        clips.append((f, y))
+    return clips, shared
+
+
+def test_mouth_prior_lets_a_short_clip_borrow_from_many_speakers():
+    """The corpus map (`audio.mouth_prior`): fitted on many speakers it predicts a new speaker's mouth; the readout of
+    a clip too short to fit 36 inputs alone predicts held-out frames better when shrunk towards it; a long clip is
+    not held back by a prior that is wrong for it; and the prior only applies to the columns and context it was fitted
+    for."""
+    from jean_nerfstudio.audio.mouth_prior import MouthPrior, context_stack, fit_mouth_prior
+    from jean_nerfstudio.models.conditioning import MouthReadout
+
+    speakers, _ = _speakers(13, 400)
+    corpus, (new_features, new_geometry) = speakers[:12], speakers[12]  # the last: a speaker the prior never saw
+    columns = ["hp:geom:lip_gap:0", "hp:geom:mouth_width"]
+    prior = fit_mouth_prior([f.numpy() for f, _ in corpus], [y.numpy() for _, y in corpus],
+                            [f"s{i}" for i in range(12)], columns, context_frames=1)
+    assert prior.frames == 4800 and prior.cv_correlation > 0.5 and prior.weights.shape == (36, 2)
+    assert prior.fits(1, columns, 12) and not prior.fits(2, columns, 12) and not prior.fits(1, columns[:1], 12)
+    restored = MouthPrior.from_dict(prior.to_dict())
+    torch.testing.assert_close(restored.weights, prior.weights)
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        fit_mouth_prior([corpus[0][0].numpy()], [corpus[0][1].numpy()], ["s0"], columns, context_frames=1)
+
+    def held_out_r2(features, targets, train, use_prior):
+        neighbours = torch.from_numpy(context_stack(features.numpy(), 1)).float().view(len(features), 3, -1)
+        readout = MouthReadout(neighbours, targets, train, restore_spread=False, prior=use_prior)
+        test = torch.arange(int(train.max()) + 1, len(targets))
+        predicted = readout(neighbours[test])
+        return 1 - ((predicted - targets[test]) ** 2).sum(0) / ((targets[test] - targets[train].mean(0)) ** 2).sum(0)
+
+    short = torch.arange(0, 40)
+    alone, helped = held_out_r2(new_features, new_geometry, short, None), held_out_r2(new_features, new_geometry, short, prior)
+    assert (helped > alone + 0.1).all() and (helped > 0.3).all()
+    # A prior that points the wrong way: a long clip's cross-validation lets its own data overrule it.
+    wrong = MouthPrior.from_dict({**prior.to_dict(), "weights": -prior.weights})
+    long = torch.arange(0, 320)
+    assert (held_out_r2(new_features, new_geometry, long, wrong) > held_out_r2(new_features, new_geometry, long, None) - 0.05).all()
+
+
+def test_shipped_audio_checkpoint_carries_a_mouth_prior(tmp_path):
+    """The shipped audio encoder has the corpus map its readout is shrunk towards (MediaPipe's geometry columns, the
+    head's default context), and `add_mouth_prior` stores one in a checkpoint (replacing any earlier one)."""
+    import shutil
+
+    from jean_nerfstudio.audio.checkpoint import add_mouth_prior, read_mouth_prior
+    from jean_nerfstudio.audio.mouth_prior import MouthPrior
+    from jean_nerfstudio.weights import shipped_audio_encoder
+
+    prior = read_mouth_prior(shipped_audio_encoder())
+    assert prior is not None and prior.context_frames == 4 and len(prior.clips) >= 40
+    assert prior.columns[-1] == "hp:geom:mouth_width" and all(c.startswith("hp:geom:lip_gap") for c in prior.columns[:-1])
+    copy = shutil.copy(shipped_audio_encoder(), tmp_path / "audio.ckpt")
+    add_mouth_prior(copy, MouthPrior.from_dict({**prior.to_dict(), "ridge": 7.0}))
+    assert read_mouth_prior(copy).ridge == 7.0 and read_mouth_prior(shipped_audio_encoder()).ridge == prior.ridge
+
+
 def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from_audio(tmp_path):
     """With the option on, a training frame's audio code comes from its measured mouth geometry (so the head learns
     what each mouth shape looks like), and every other code from the readout of the audio: held-out frames, new
@@ -355,6 +422,9 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     model = config.pipeline.setup(device="cpu", test_mode="val").model
     audio = model.audio
     assert audio.mouth_readout is not None and audio.mouth_targets.shape[0] == model.num_frames
+    assert defaults.mouth_readout_prior and audio.mouth_readout.with_prior  # the shipped corpus map, by default
+    without = small_pipeline_config(data, datamanager=TINY_BATCHES, mouth_readout_prior=False, **TINY_MODEL)
+    assert not without.pipeline.setup(device="cpu", test_mode="val").model.audio.mouth_readout.with_prior
     frames = torch.tensor([0, 10, 40])
     model.train()
     measured = audio.frame_codes(frames)
@@ -408,8 +478,12 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
     standardized = (audio.mouth_targets[train_frames] - audio.mouth_center) / audio.mouth_scale
     torch.testing.assert_close(standardized.mean(0), torch.zeros(standardized.shape[1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(standardized.std(0), torch.ones(standardized.shape[1]), atol=1e-4, rtol=0)
+    from jean_nerfstudio.models.jean_model import speech_mouth_geometry_columns
+
+    columns = speech_mouth_geometry_columns(model.clip)[1]
     small = AudioConditioner(shipped, code_dim=model.config.audio_code_dim, train_encoder=False,
-                             mouth_targets=audio.mouth_targets / 10, train_frames=train_frames, restore_mouth_spread=False)
+                             mouth_targets=audio.mouth_targets / 10, train_frames=train_frames, restore_mouth_spread=False,
+                             mouth_columns=columns)
     small.mouth_projection.load_state_dict(audio.mouth_projection.state_dict())
     small.train(), audio.train()
     audio.predicted_fraction = 0.0

@@ -77,6 +77,13 @@ def test_tiny_corpus_end_to_end(tmp_path):
     payload = torch.load(tmp_path / "weights" / "audio_encoder.ckpt", map_location="cpu", weights_only=True)
     assert str(tmp_path) not in json.dumps(payload["training"], default=str)
     assert "talker_2" in (tmp_path / "weights" / "MODEL_CARD.md").read_text()
+    # The corpus map the head's mouth readout is shrunk towards travels in the audio checkpoint, fitted on the
+    # training clips only.
+    from jean_nerfstudio.audio.checkpoint import read_mouth_prior
+
+    prior = read_mouth_prior(tmp_path / "weights" / "audio_encoder.ckpt")
+    assert prior is not None and prior.clips == ["talker_0", "talker_1"] and prior.context_frames == 4
+    assert report["audio"]["mouth_prior"]["clips"] == 2 and "Mouth prior" in (tmp_path / "weights" / "MODEL_CARD.md").read_text()
 
 
 def test_auto_held_out_keeps_whole_speakers_out(tmp_path):

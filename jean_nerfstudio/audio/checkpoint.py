@@ -9,6 +9,8 @@ The file is a `torch.save` dict of plain values and tensors only (loadable with 
     training                 datasets (path, frames, fps), held-out datasets, settings, steps, seconds, device,
                              world size, per-rank weight checksums
     metrics                  EvaluationReport.to_dict() (held-out retrieval, offsets, upper-face probe)
+    mouth_prior              optional: MouthPrior.to_dict(), the corpus map from the features to the speech-driven
+                             mouth geometry that the head's readout is shrunk towards (`jean-pretrain` adds it)
     versions, created
 
 The speech backbone of a `wav2vec2` / `hubert` front end is not stored (it is frozen and large): the spec names it,
@@ -28,13 +30,14 @@ import pickle
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from jean_nerfstudio.audio.data import MouthFeatureSettings
 from jean_nerfstudio.audio.encoder import AudioEncoder, AudioEncoderConfig, MouthEncoder, MouthEncoderConfig
 from jean_nerfstudio.audio.frontend import FrontEndSpec, compute_frame_windows
+from jean_nerfstudio.audio.mouth_prior import MouthPrior
 from jean_nerfstudio.errors import UserError
 from jean_nerfstudio.utils.atomic import atomic_path
 
@@ -117,6 +120,28 @@ def read_checkpoint(path: Path | str) -> Dict[str, Any]:
         if key not in payload:
             raise AudioCheckpointError(f"{path}: audio-encoder checkpoint lacks {key!r}; re-train it with `jean-train-audio`")
     return payload
+
+
+def read_mouth_prior(path: Path | str) -> Optional[MouthPrior]:
+    """The checkpoint's corpus map to the speech-driven mouth geometry (`jean-pretrain` adds it), or None."""
+    path = Path(path)
+    values = read_checkpoint(path).get("mouth_prior")
+    if values is None:
+        return None
+    try:
+        return MouthPrior.from_dict(values)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise AudioCheckpointError(f"{path}: unreadable mouth prior ({err}); re-run `jean-pretrain`") from err
+
+
+def add_mouth_prior(path: Path | str, prior: MouthPrior) -> Path:
+    """Store `prior` in the checkpoint at `path` (rewritten atomically; an earlier prior is replaced)."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    payload["mouth_prior"] = prior.to_dict()
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
 
 
 def _build(module_class, config, state: Dict[str, torch.Tensor], path: Path, what: str) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.audio.frontend import FrontEndSpec, MelSettings, compute_frame_windows
+from jean_nerfstudio.audio.mouth_prior import MouthPrior
 from jean_nerfstudio.contract import ProcessedClip
 
 
@@ -69,6 +70,8 @@ class AudioSource:
     """How a waveform becomes windows (the checkpoint's front end, or the dataset's mel settings)."""
     pretrained: bool
     """True for a stage-1 checkpoint, False for the per-subject `MelWindowNet` (which must train with the head)."""
+    mouth_prior: Optional[MouthPrior] = None
+    """The stage-1 checkpoint's corpus map from its features to the speech-driven mouth geometry, if it has one."""
 
 
 def silence_window(frontend: FrontEndSpec, fps: float) -> Float[Tensor, "window channels"]:
@@ -96,11 +99,15 @@ def build_audio_source(clip: ProcessedClip, checkpoint: Optional[Union[Path, str
         frontend = FrontEndSpec(kind="mel", mel=MelSettings.from_dict(clip.metadata["mel"]))
         encoder: nn.Module = MelWindowNet(channels=windows.shape[2], window=windows.shape[1])
         pretrained = False
+        mouth_prior = None
     else:
         from jean_nerfstudio.audio.checkpoint import load_audio_encoder
         from jean_nerfstudio.audio.io import decode_audio
 
+        from jean_nerfstudio.audio.checkpoint import read_mouth_prior
+
         encoder, frontend = load_audio_encoder(path, device="cpu")
+        mouth_prior = read_mouth_prior(path)
         waveform = decode_audio(clip.audio_path).waveform
         windows = compute_frame_windows(frontend, waveform, C.AUDIO_SAMPLE_RATE, clip.num_frames, clip.fps)
         pretrained = True
@@ -110,4 +117,5 @@ def build_audio_source(clip: ProcessedClip, checkpoint: Optional[Union[Path, str
         encoder=encoder,
         frontend=frontend,
         pretrained=pretrained,
+        mouth_prior=mouth_prior,
     )

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.audio.frontend import FrontEndSpec, compute_frame_windows
+from jean_nerfstudio.audio.mouth_prior import MouthPrior
 from jean_nerfstudio.audio.source import AudioSource
 from jean_nerfstudio.contract import ProcessedClip
 from jean_nerfstudio.expression.source import ExpressionSequence, ExpressionSource
@@ -56,47 +57,63 @@ class MouthReadout(nn.Module):
     code: on new speech the mouth does not follow. A map with too little capacity to memorize frames does generalize:
     on two speakers the shipped encoder never heard, this readout's predicted inner-lip gap follows unseen-language
     speech (best-lag r with the speech-band envelope 0.65-0.85 at lag 0, against the real videos' own 0.44/0.56;
-    `benchmarks/mouth_from_audio.py`). Fitted in closed form when the model is built (the encoder is frozen),
-    regularization chosen by contiguous-block cross-validation on the training frames; the prediction's spread is
-    restored to the targets' (ridge shrinks it), so the mouth opens as far as the speaker's.
+    `benchmarks/mouth_from_audio.py`). Fitted in closed form when the model is built (the encoder is frozen).
+    Regularization is chosen per column by contiguous-block cross-validation on the training frames, scored by squared
+    error (R^2), since the head consumes the predicted values themselves. With a `prior` (the audio checkpoint's corpus
+    map, `audio.mouth_prior`) the map is shrunk towards that prior, rescaled to the clip's spread, instead of towards
+    zero: a clip of a few seconds then borrows from many speakers, a long one overrules them. With `restore_spread`
+    the prediction's spread is restored to the targets' (ridge shrinks it), so the mouth opens as far as the speaker's.
     """
 
-    ridges = (1e-1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    ridges = (1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 
     def __init__(self, neighbours: Float[Tensor, "frames k feature"], targets: Float[Tensor, "frames columns"],
-                 train_frames: Int[Tensor, "n"], folds: int = 5, restore_spread: bool = True) -> None:
+                 train_frames: Int[Tensor, "n"], folds: int = 5, restore_spread: bool = True,
+                 prior: Optional[MouthPrior] = None) -> None:
         super().__init__()
         x = neighbours[train_frames].flatten(1).double()
         y = targets[train_frames].double()
-        mean, scale = x.mean(0), x.std(0) + 1e-6
+        # Centred on the clip; scaled as the prior's features were (so its weights apply), else by the clip's spread.
+        mean = x.mean(0)
+        scale = prior.feature_scale.double() if prior is not None else x.std(0) + 1e-6
         z = (x - mean) / scale
         y_mean = y.mean(0)
+        # The prior's map in this clip's units (its outputs are in units of each column's spread); zero without one.
+        anchor = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype)
+        if prior is not None:
+            anchor = prior.weights.double() * y.std(0).clamp_min(1e-9)
         blocks = torch.arange(len(y)).tensor_split(folds)
 
         def solve(rows: Tensor, ridge: float) -> Tensor:
             zr = z[rows]
-            return torch.linalg.solve(zr.T @ zr + ridge * torch.eye(z.shape[1], dtype=z.dtype), zr.T @ (y[rows] - y[rows].mean(0)))
+            gram = zr.T @ zr + ridge * torch.eye(z.shape[1], dtype=z.dtype)
+            return torch.linalg.solve(gram, zr.T @ (y[rows] - y[rows].mean(0)) + ridge * anchor)
 
-        best = None
-        for ridge in self.ridges:
-            # Each block predicted by the map fitted on the others: [the part the weights make, the intercept].
-            varying, offset = torch.empty_like(y), torch.empty_like(y)
-            for block in blocks:
-                rest = torch.ones(len(y), dtype=torch.bool)
-                rest[block] = False
-                varying[block] = z[block] @ solve(rest.nonzero()[:, 0], ridge)
-                offset[block] = y[rest].mean(0)
-            score = _column_correlation(varying + offset, y).mean().item()
-            if best is None or score > best[0]:
-                best = (score, ridge, varying, offset)
-        assert best is not None
-        self.cv_correlation, self.ridge = float(best[0]), float(best[1])
-        _, _, varying, offset = best
+        # Each block predicted by the map fitted on the others: the part the weights make (per ridge), the intercept.
+        offset = torch.empty_like(y)
+        varying_by_ridge = torch.empty(len(self.ridges), *y.shape, dtype=y.dtype)
+        for block in blocks:
+            rest = torch.ones(len(y), dtype=torch.bool)
+            rest[block] = False
+            offset[block] = y[rest].mean(0)
+            for r, ridge in enumerate(self.ridges):
+                varying_by_ridge[r, block] = z[block] @ solve(rest.nonzero()[:, 0], ridge)
+        error = ((varying_by_ridge + offset - y) ** 2).sum(1)  # [ridges, columns]
+        cv_r2 = 1 - error / ((y - y_mean) ** 2).sum(0).clamp_min(1e-18)
+        choice = cv_r2.argmax(0)  # per column
+        columns = torch.arange(y.shape[1])
+        varying = varying_by_ridge[choice, :, columns].T  # [n, columns]
+        self.ridge = tuple(float(self.ridges[c]) for c in choice)
+        self.cv_r2 = tuple(float(v) for v in cv_r2[choice, columns])
+        self.cv_correlation = float(_column_correlation(varying + offset, y).mean())
+        self.with_prior = prior is not None
         if restore_spread:
             gain = (y.std(0) / (varying + offset).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
         else:  # the plain ridge estimate: the expected geometry given the audio, shrunk where unsure
             gain = torch.ones(y.shape[1], dtype=y.dtype)
-        weights = solve(torch.arange(len(y)), self.ridge) * gain
+        everything = torch.arange(len(y))
+        fits = {ridge: solve(everything, ridge) for ridge in set(self.ridge)}
+        weights = torch.stack([fits[ridge][:, c] for c, ridge in enumerate(self.ridge)], dim=1) * gain
         self.register_buffer("mean", mean.float(), persistent=False)
         self.register_buffer("scale", scale.float(), persistent=False)
         self.register_buffer("weights", weights.float(), persistent=False)
@@ -131,6 +148,9 @@ class AudioConditioner(nn.Module):
             out-of-fold prediction of their frame instead of its measured geometry (so the head also learns what the
             mouth looks like given a prediction as imperfect as the one held-out frames and new audio get).
         restore_mouth_spread: scale the readout so its predictions spread as much as the measured geometry.
+        mouth_columns: names of the geometry's columns (with `mouth_targets`), to match them with the prior's.
+        use_mouth_prior: shrink the readout towards the audio checkpoint's corpus map (`source.mouth_prior`) where it
+            has one that fits these columns and neighbours.
     """
 
     min_mouth_scale = 1e-3
@@ -146,6 +166,8 @@ class AudioConditioner(nn.Module):
         train_frames: Optional[Int[Tensor, "n"]] = None,
         predicted_fraction: float = 0.0,
         restore_mouth_spread: bool = True,
+        mouth_columns: Optional[List[str]] = None,
+        use_mouth_prior: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = source.encoder
@@ -169,8 +191,12 @@ class AudioConditioner(nn.Module):
             train_frames = torch.as_tensor(train_frames, dtype=torch.long)
             with torch.no_grad():
                 features = torch.cat([self.encode_windows(w) for w in self.windows.split(512)])
+            prior = source.mouth_prior if use_mouth_prior else None
+            if prior is not None and not prior.fits(smoothing_frames, mouth_columns or [], feature_dim):
+                prior = None  # another landmark layout or context than the corpus map's: the clip's own map only
             self.mouth_readout = MouthReadout(features[self._neighbour_index(frames, self.num_frames)],
-                                              mouth_targets, train_frames, restore_spread=restore_mouth_spread)
+                                              mouth_targets, train_frames, restore_spread=restore_mouth_spread,
+                                              prior=prior)
             self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
             # The geometry reaches the projection standardized by the training frames' spread: speakers' speech-driven
             # lip gaps differ several-fold (obama_2 std 0.026 of the eye distance, mimictalk_german_20s 0.008), and raw

@@ -143,6 +143,12 @@ class JeanModelConfig(ModelConfig):
     geometry (ridge shrinks them toward the mean where the audio is ambiguous). On: the mouth opens as far as the
     speaker's, but where the readout errs the head draws a wide, wrong mouth (obama_2: held-out mouth PSNR 1 dB
     lower); off: the expected geometry given the audio, the mouth still opening 1.5x more with speech than muted."""
+    mouth_readout_prior: bool = True
+    """With `audio_through_mouth_geometry`, shrink the clip's readout towards the audio checkpoint's corpus map (its
+    features -> mouth geometry, fitted by `jean-pretrain` on every pre-training clip) instead of towards zero, as far
+    as cross-validation on the clip says. On six clips of speakers outside pre-training the readout's lip-gap R^2
+    was unchanged on clips of 20-30 s and rose on clips of 5-10 s (0.02 -> 0.12, -0.01 -> 0.20;
+    `benchmarks/pooled_mouth_readout.py`). False: the clip's own map only, shrunk towards zero."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
@@ -227,15 +233,18 @@ class JeanModel(Model):
         train_audio_encoder = (not audio.pretrained) or self.config.audio_encoder_mode == "finetune"
         # The mouth-geometry path reads fixed features; a trainable encoder has none, and takes the learned path.
         through_mouth_geometry = self.config.audio_through_mouth_geometry and not train_audio_encoder
+        mouth_geometry, mouth_columns = speech_mouth_geometry_columns(clip) if through_mouth_geometry else (None, None)
         self.audio = AudioConditioner(
             audio,
             code_dim=self.config.audio_code_dim,
             smoothing_frames=self.config.audio_smoothing_frames,
             train_encoder=train_audio_encoder,
-            mouth_targets=speech_mouth_geometry(clip) if through_mouth_geometry else None,
+            mouth_targets=mouth_geometry,
             train_frames=torch.as_tensor(clip.train_indices, dtype=torch.long),
             predicted_fraction=self.config.mouth_geometry_predicted_fraction,
             restore_mouth_spread=self.config.mouth_geometry_restore_spread,
+            mouth_columns=mouth_columns,
+            use_mouth_prior=self.config.mouth_readout_prior,
         )
 
         # The speech-driven mouth shape of every frame, which the audio code must be able to read out (see
@@ -602,10 +611,15 @@ def speech_mouth_geometry(clip: ProcessedClip) -> Float[Tensor, "frames columns"
     """The clip's speech-driven mouth geometry per frame: the high-pass inner-lip gaps and mouth width of the
     expression inputs' leak targets (computed from landmarks, so every landmark layout has them). The blendshape and
     lip-landmark columns are left out: pooled over ~150 of them, tracking noise outweighs the mouth."""
+    return speech_mouth_geometry_columns(clip)[0]
+
+
+def speech_mouth_geometry_columns(clip: ProcessedClip) -> Tuple[Float[Tensor, "frames columns"], List[str]]:
+    """`speech_mouth_geometry` and the names of its columns."""
     inputs = expression_inputs(clip)
     names = inputs.layout.speech_target_names
     columns = [i for i, name in enumerate(names) if name.startswith("hp:geom:")] or list(range(len(names)))
-    return inputs.speech_targets[:, columns].float()
+    return inputs.speech_targets[:, columns].float(), [names[i] for i in columns]
 
 
 def jitter_frames(frames: Int[Tensor, "rays"], max_offset: int, num_frames: int) -> Int[Tensor, "rays"]:
