@@ -101,10 +101,8 @@ def build_audio_source(clip: ProcessedClip, checkpoint: Optional[Union[Path, str
         pretrained = False
         mouth_prior = None
     else:
-        from jean_nerfstudio.audio.checkpoint import load_audio_encoder
+        from jean_nerfstudio.audio.checkpoint import load_audio_encoder, read_mouth_prior
         from jean_nerfstudio.audio.io import decode_audio
-
-        from jean_nerfstudio.audio.checkpoint import read_mouth_prior
 
         encoder, frontend = load_audio_encoder(path, device="cpu")
         mouth_prior = read_mouth_prior(path)
