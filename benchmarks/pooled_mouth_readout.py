@@ -22,7 +22,6 @@ The clips must be speakers the checkpoint's encoder and prior never saw (the shi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from datetime import date
 from pathlib import Path
@@ -127,10 +126,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     }
     print(f"mean over clips, all blocks: {results['mean_all_blocks']}")
     if args.output:
+        from jean_nerfstudio.utils.atomic import write_json
+
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_name(f".{args.output.name}.partial")
-        partial.write_text(json.dumps(results, indent=2) + "\n")
-        partial.replace(args.output)
+        write_json(args.output, results)
 
 
 if __name__ == "__main__":
