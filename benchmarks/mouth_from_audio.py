@@ -34,9 +34,9 @@ import torch
 def context_features(features: np.ndarray, context: int) -> torch.Tensor:
     """Each frame's features next to those of its `context` neighbours on each side (edges repeated): [frames, 2K+1,
     feature], the layout `MouthReadout` reads."""
-    n = len(features)
-    index = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None], 0, n - 1)
-    return torch.from_numpy(features[index])
+    from jean_nerfstudio.audio.mouth_prior import context_stack
+
+    return torch.from_numpy(context_stack(features, context)).view(len(features), 2 * context + 1, -1)
 
 
 def pearson_where_known(a: np.ndarray, b: np.ndarray) -> Optional[float]:

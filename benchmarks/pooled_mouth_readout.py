@@ -38,6 +38,7 @@ MARGIN = 4
 def clip_arrays(clip_dir: Path, checkpoint: str) -> Tuple[Any, torch.Tensor, torch.Tensor, np.ndarray, List[str], Any]:
     """(clip, neighbour features [frames, 2K+1, feature], geometry [frames, columns], face found [frames], column
     names, the checkpoint's mouth prior), as the head builds them."""
+    from jean_nerfstudio.audio.mouth_prior import context_stack
     from jean_nerfstudio.audio.source import build_audio_source
     from jean_nerfstudio.contract import ProcessedClip
     from jean_nerfstudio.models.jean_model import speech_mouth_geometry_columns
@@ -50,9 +51,9 @@ def clip_arrays(clip_dir: Path, checkpoint: str) -> Tuple[Any, torch.Tensor, tor
     geometry, columns = speech_mouth_geometry_columns(clip)
     n = min(len(features), len(geometry))
     k = source.mouth_prior.context_frames
-    index = (torch.arange(n)[:, None] + torch.arange(-k, k + 1)[None]).clamp(0, n - 1)
+    neighbours = torch.from_numpy(context_stack(features[:n].numpy(), k)).view(n, 2 * k + 1, -1)
     found = clip.feature("face_detected")[:n].astype(bool) if clip.has_feature("face_detected") else np.ones(n, bool)
-    return clip, features[:n][index], geometry[:n], found, columns, source.mouth_prior
+    return clip, neighbours, geometry[:n], found, columns, source.mouth_prior
 
 
 def readout_predictions(neighbours: torch.Tensor, geometry: torch.Tensor, fit_on: np.ndarray,
