@@ -37,8 +37,8 @@ from common import evaluate_held_out  # noqa: E402
 from encoder_benchmark import jean_config, load_head  # noqa: E402
 from model_benchmark import offline_lpips_placeholder  # noqa: E402
 
+from jean_nerfstudio.audio.mouth_prior import column_correlation  # noqa: E402
 from jean_nerfstudio.expression.inputs import expression_inputs  # noqa: E402
-from jean_nerfstudio.models.conditioning import _column_correlation  # noqa: E402
 
 CODES = ("readout", "measured", "mean", "readout-lip-gaps", "measured-lip-gaps")
 
@@ -89,7 +89,7 @@ def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
     measured = audio.mouth_targets[held].double()
     baseline = audio.mouth_targets[train].double().mean(0)
     r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
-    correlation = _column_correlation(predicted, measured)
+    correlation = column_correlation(predicted, measured)
     names = geometry_column_names(clip)
     return {
         name: {"r2_vs_train_mean": round(float(r2[j]), 3), "correlation": round(float(correlation[j]), 3)}

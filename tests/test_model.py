@@ -390,10 +390,11 @@ def test_mouth_prior_lets_a_short_clip_borrow_from_many_speakers():
 
 def test_shipped_audio_checkpoint_carries_a_mouth_prior(tmp_path):
     """The shipped audio encoder has the corpus map its readout is shrunk towards (MediaPipe's geometry columns, the
-    head's default context), and `add_mouth_prior` stores one in a checkpoint (replacing any earlier one)."""
+    head's default context), `add_mouth_prior` stores one in a checkpoint (replacing any earlier one), and a damaged
+    entry is a one-line error naming the file and the fix."""
     import shutil
 
-    from jean_nerfstudio.audio.checkpoint import add_mouth_prior, read_mouth_prior
+    from jean_nerfstudio.audio.checkpoint import AudioCheckpointError, add_mouth_prior, read_checkpoint, read_mouth_prior
     from jean_nerfstudio.audio.mouth_prior import MouthPrior
     from jean_nerfstudio.weights import shipped_audio_encoder
 
@@ -403,6 +404,12 @@ def test_shipped_audio_checkpoint_carries_a_mouth_prior(tmp_path):
     copy = shutil.copy(shipped_audio_encoder(), tmp_path / "audio.ckpt")
     add_mouth_prior(copy, MouthPrior.from_dict({**prior.to_dict(), "ridge": 7.0}))
     assert read_mouth_prior(copy).ridge == 7.0 and read_mouth_prior(shipped_audio_encoder()).ridge == prior.ridge
+    damaged = read_checkpoint(copy)
+    damaged["mouth_prior"] = {key: value for key, value in prior.to_dict().items() if key != "weights"}
+    torch.save(damaged, copy)
+    with pytest.raises(AudioCheckpointError, match="unreadable mouth prior") as error:
+        read_mouth_prior(copy)
+    assert str(copy) in str(error.value) and "jean-pretrain" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from_audio(tmp_path):

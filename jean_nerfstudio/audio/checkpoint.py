@@ -124,8 +124,13 @@ def read_checkpoint(path: Path | str) -> Dict[str, Any]:
 
 def read_mouth_prior(path: Path | str) -> Optional[MouthPrior]:
     """The checkpoint's corpus map to the speech-driven mouth geometry (`jean-pretrain` adds it), or None."""
+    return mouth_prior_from(read_checkpoint(path), path)
+
+
+def mouth_prior_from(payload: Dict[str, Any], path: Path | str) -> Optional[MouthPrior]:
+    """`read_mouth_prior` on a checkpoint already read (`read_checkpoint(path)`), so it is not loaded twice."""
     path = Path(path)
-    values = read_checkpoint(path).get("mouth_prior")
+    values = payload.get("mouth_prior")
     if values is None:
         return None
     try:
@@ -169,8 +174,14 @@ def load_audio_encoder(path: Path | str, device: torch.device | str = "cpu") -> 
     Raises:
         AudioCheckpointError: missing, corrupt or foreign file (one-line message).
     """
+    return audio_encoder_from(read_checkpoint(path), path, device)
+
+
+def audio_encoder_from(
+    payload: Dict[str, Any], path: Path | str, device: torch.device | str = "cpu"
+) -> Tuple[AudioEncoder, FrontEndSpec]:
+    """`load_audio_encoder` on a checkpoint already read (`read_checkpoint(path)`), so it is not loaded twice."""
     path = Path(path)
-    payload = read_checkpoint(path)
     try:
         spec = FrontEndSpec.from_dict(payload["frontend"])
         config = AudioEncoderConfig.from_dict(payload["audio_encoder"]["config"])
@@ -186,7 +197,7 @@ def load_sync_model(
     """Both towers (for sync scoring: evaluation, rendered-video lip-sync checks) and the raw checkpoint dict."""
     path = Path(path)
     payload = read_checkpoint(path)
-    encoder, spec = load_audio_encoder(path, device)
+    encoder, spec = audio_encoder_from(payload, path, device)
     mouth_config = MouthEncoderConfig.from_dict(payload["mouth_encoder"]["config"])
     mouth = _build(MouthEncoder, mouth_config, payload["mouth_encoder"]["state_dict"], path, "mouth encoder")
     return encoder, mouth.to(device).eval(), spec, payload
@@ -204,11 +215,15 @@ def mouth_settings_from(payload: Dict[str, Any]) -> Tuple[MouthFeatureSettings, 
 __all__ = [
     "AudioCheckpointError",
     "CHECKPOINT_FORMAT",
+    "add_mouth_prior",
+    "audio_encoder_from",
     "FrontEndSpec",
     "compute_frame_windows",
     "load_audio_encoder",
     "load_sync_model",
+    "mouth_prior_from",
     "mouth_settings_from",
     "read_checkpoint",
+    "read_mouth_prior",
     "save_checkpoint",
 ]

@@ -81,6 +81,12 @@ def context_stack(features: Float[np.ndarray, "frames feature"], context: int) -
     return features[index].reshape(n, -1)
 
 
+def column_correlation(a: Float[Tensor, "frames columns"], b: Float[Tensor, "frames columns"]) -> Float[Tensor, "columns"]:
+    """Pearson correlation of each column of `a` with the same column of `b` (0 where either is constant)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(1e-12)
+
+
 def _solve(z: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     zc, yc = z - z.mean(0), y - y.mean(0)
     return np.linalg.solve(zc.T @ zc + ridge * np.eye(z.shape[1]), zc.T @ yc)
@@ -116,8 +122,7 @@ def fit_mouth_prior(
         for clips in held:
             test = np.isin(group, clips)
             predicted[test] = (z[test] - z[~test].mean(0)) @ _solve(z[~test], y[~test], ridge)
-        a, b = predicted - predicted.mean(0), y - y.mean(0)
-        score = float(((a * b).sum(0) / np.maximum(np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0), 1e-12)).mean())
+        score = float(column_correlation(torch.from_numpy(predicted), torch.from_numpy(y)).mean())
         if best is None or score > best[0]:
             best = (score, ridge)
     assert best is not None

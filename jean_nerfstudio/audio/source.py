@@ -101,11 +101,12 @@ def build_audio_source(clip: ProcessedClip, checkpoint: Optional[Union[Path, str
         pretrained = False
         mouth_prior = None
     else:
-        from jean_nerfstudio.audio.checkpoint import load_audio_encoder, read_mouth_prior
+        from jean_nerfstudio.audio.checkpoint import audio_encoder_from, mouth_prior_from, read_checkpoint
         from jean_nerfstudio.audio.io import decode_audio
 
-        encoder, frontend = load_audio_encoder(path, device="cpu")
-        mouth_prior = read_mouth_prior(path)
+        payload = read_checkpoint(path)  # once: the encoder and its corpus mouth prior both live in it
+        encoder, frontend = audio_encoder_from(payload, path, device="cpu")
+        mouth_prior = mouth_prior_from(payload, path)
         waveform = decode_audio(clip.audio_path).waveform
         windows = compute_frame_windows(frontend, waveform, C.AUDIO_SAMPLE_RATE, clip.num_frames, clip.fps)
         pretrained = True

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from jean_nerfstudio import constants as C
 from jean_nerfstudio.audio.frontend import FrontEndSpec, compute_frame_windows
-from jean_nerfstudio.audio.mouth_prior import MouthPrior
+from jean_nerfstudio.audio.mouth_prior import MouthPrior, column_correlation
 from jean_nerfstudio.audio.source import AudioSource
 from jean_nerfstudio.contract import ProcessedClip
 from jean_nerfstudio.expression.source import ExpressionSequence, ExpressionSource
@@ -105,7 +105,7 @@ class MouthReadout(nn.Module):
         varying = varying_by_ridge[choice, :, columns].T  # [n, columns]
         self.ridge = tuple(float(self.ridges[c]) for c in choice)
         self.cv_r2 = tuple(float(v) for v in cv_r2[choice, columns])
-        self.cv_correlation = float(_column_correlation(varying + offset, y).mean())
+        self.cv_correlation = float(column_correlation(varying + offset, y).mean())
         self.with_prior = prior is not None
         if restore_spread:
             gain = (y.std(0) / (varying + offset).std(0).clamp_min(1e-9)).clamp(1.0, 3.0)
@@ -124,11 +124,6 @@ class MouthReadout(nn.Module):
 
     def forward(self, neighbours: Float[Tensor, "batch k feature"]) -> Float[Tensor, "batch columns"]:
         return (neighbours.flatten(1) - self.mean) / self.scale @ self.weights + self.intercept
-
-
-def _column_correlation(a: Tensor, b: Tensor) -> Tensor:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(1e-12)
 
 
 class AudioConditioner(nn.Module):
