@@ -75,6 +75,9 @@ META_AUDIO_CODE = "jean_audio_code"
 """float [Da]: an audio code supplied by a renderer (new audio) or a viewer control; overrides the frame's own."""
 META_EXPRESSION_CODE = "jean_expression_code"
 """float [De]: an expression code supplied by a renderer (expression transfer) or viewer edits."""
+META_MOUTH_RAY = "jean_mouth_ray"
+"""float [1], training rays only (set per ray by the datamanager, not per camera): 1 where the ray's pixel is in the
+frame's mouth region. The model gives those rays another frame's expression code (`shuffle_mouth_expression`)."""
 
 DATAPARSER_CLIP = "jean_clip"
 """The one key `jean-data` adds to nerfstudio's dataparser metadata (besides nerfstudio's own

@@ -173,6 +173,48 @@ def test_expression_codes_are_jittered_in_training_only(pipeline):
     assert torch.allclose(audio, audio[:1].expand_as(audio))
 
 
+def test_mouth_rays_take_another_frames_expression_in_training_only(pipeline):
+    """With `mouth_expression_shuffle_fraction`, that share of a training batch's mouth rays get expression codes of
+    other frames of the batch (the mouth must come from the audio), every other ray keeps its frame's own code, and
+    renders never shuffle."""
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    mouth = batch["labels"].reshape(-1) == C.LABEL_MOUTH
+    assert mouth.sum() >= 16 and (~mouth).any(), "the synthetic batch needs mouth and other rays"
+    torch.testing.assert_close(ray_bundle.metadata[C.META_MOUTH_RAY][:, 0], mouth.float())
+    frames = model.ray_frame_indices(ray_bundle)
+    assert torch.unique(frames).numel() > 2, "the synthetic batch needs several frames"
+    own = model.expression_codes_for_frames(frames).detach()
+    batch_codes = model.expression_codes_for_frames(torch.unique(frames)).detach()
+    default = model.config.mouth_expression_shuffle_fraction
+
+    def trained_codes(share: float) -> torch.Tensor:
+        model.config.mouth_expression_shuffle_fraction = share
+        model.train()
+        try:
+            return model.ray_conditioning(ray_bundle)["expression"].detach()
+        finally:
+            model.eval()
+            model.config.mouth_expression_shuffle_fraction = default
+
+    torch.manual_seed(0)
+    torch.testing.assert_close(trained_codes(0.0), own)
+    changed = {}
+    for share in (1.0, 0.5):
+        codes = trained_codes(share)
+        torch.testing.assert_close(codes[~mouth], own[~mouth])
+        # Each shuffled code is the code of one of the batch's frames.
+        assert torch.cdist(codes[mouth], batch_codes).min(dim=1).values.max() < 1e-5
+        changed[share] = float((codes[mouth] - own[mouth]).abs().amax(dim=1).gt(1e-6).float().mean())
+    assert changed[1.0] > 0.5  # a ray may draw its own frame back
+    assert 0.1 < changed[0.5] < changed[1.0]
+    model.config.mouth_expression_shuffle_fraction = 1.0
+    try:
+        torch.testing.assert_close(model.ray_conditioning(ray_bundle)["expression"].detach(), own)  # eval: never
+    finally:
+        model.config.mouth_expression_shuffle_fraction = default
+
+
 def test_expression_attention_on_the_mouth_is_penalized(pipeline):
     """The mirror of the audio-attention term: expression attention on mouth pixels costs, and its gradient reaches
     the field's attention network (nowhere else is it pushed off the mouth)."""

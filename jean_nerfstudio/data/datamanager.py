@@ -237,7 +237,10 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
             self.config.mouth_ray_fraction,
             self.generator,
         )
-        return generator(indices), batch
+        ray_bundle = generator(indices)
+        # Per ray, not per camera: the model gives mouth rays another frame's expression code in training.
+        ray_bundle.metadata[C.META_MOUTH_RAY] = (batch["labels"] == C.LABEL_MOUTH)[:, None].to(ray_bundle.origins.dtype)
+        return ray_bundle, batch
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         if not self.has_frames:

@@ -21,7 +21,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -171,6 +171,16 @@ class JeanModelConfig(ModelConfig):
     0.12 s did not make silence stop moving the mouth (opening spread 0.016 vs 0.018 with speech) and cost 0.6 dB of
     held-out PSNR; the viewer test's 120-step head then also let muting change the upper face more than the mouth.
     Kept for ablations (docs/benchmarks.md)."""
+    mouth_expression_shuffle_fraction: float = 0.0
+    """In training, this share of the mouth region's rays take the expression code of another random frame of their
+    batch (the rest of the face keeps its own; 0: off). The head then cannot draw a frame's mouth from its expression
+    code, which acts as a frame index even when the encoder leaves the mouth out, and must take it from the audio;
+    otherwise the clip's looped expression sequence moves the mouth of a head driven by new speech, out of step with
+    it. The mouth region then also ignores another clip's expressions (expression transfer). Off: at 1.0 (1,000
+    steps) the german head followed new French speech at r 0.43 instead of 0.28 (0.77x the real video), but held-out
+    mouth PSNR fell 0.3 dB, and on obama_2 it fell 1.2 dB and sync was lost (French -0.09 vs 0.39): four geometry
+    columns do not describe that speaker's mouth, whose remaining shape the expression code carried
+    (docs/benchmarks.md). Kept for ablations."""
     # ----- torso -----
     torso_levels: int = 12
     """Levels of the 2D torso grid."""
@@ -408,7 +418,13 @@ class JeanModel(Model):
             jittered_unique, jittered_inverse = torch.unique(jittered, return_inverse=True)
             expression = self.expression_codes_for_frames(jittered_unique)[jittered_inverse]
         else:
-            expression = self.expression_codes_for_frames(unique)[inverse]
+            unique_codes = self.expression_codes_for_frames(unique)
+            expression = unique_codes[inverse]
+            share = self.config.mouth_expression_shuffle_fraction
+            if self.training and share > 0 and C.META_MOUTH_RAY in metadata:
+                mouth = metadata[C.META_MOUTH_RAY].reshape(num_rays) > 0.5
+                chosen = mouth & (torch.rand(num_rays, device=mouth.device) < share)
+                expression = shuffled_on(chosen, expression, unique_codes)
         if C.META_POSE in metadata:
             c2w = metadata[C.META_POSE].reshape(num_rays, 3, 4).float()
         else:
@@ -620,6 +636,16 @@ def speech_mouth_geometry_columns(clip: ProcessedClip) -> Tuple[Float[Tensor, "f
     names = inputs.layout.speech_target_names
     columns = [i for i, name in enumerate(names) if name.startswith("hp:geom:")] or list(range(len(names)))
     return inputs.speech_targets[:, columns].float(), [names[i] for i in columns]
+
+
+def shuffled_on(
+    rays: Bool[Tensor, "rays"], codes: Float[Tensor, "rays code"], choices: Float[Tensor, "options code"]
+) -> Float[Tensor, "rays code"]:
+    """`codes` with each of `rays` given a row of `choices` drawn uniformly at random (independently per ray)."""
+    picks = torch.randint(0, choices.shape[0], (int(rays.sum()),), device=codes.device)
+    shuffled = codes.clone()
+    shuffled[rays] = choices[picks]
+    return shuffled
 
 
 def jitter_frames(frames: Int[Tensor, "rays"], max_offset: int, num_frames: int) -> Int[Tensor, "rays"]:
