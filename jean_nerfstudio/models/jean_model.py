@@ -177,7 +177,7 @@ class JeanModelConfig(ModelConfig):
     code, which acts as a frame index even when the encoder leaves the mouth out, and must take it from the audio;
     otherwise the clip's looped expression sequence moves the mouth of a head driven by new speech, out of step with
     it. The mouth region then also ignores another clip's expressions (expression transfer). Off: at 1.0 (1,000
-    steps) the german head followed new French speech at r 0.43 instead of 0.28 (0.77x the real video), but held-out
+    steps) the german head followed new French speech at r 0.43 instead of 0.27 (0.77x the real video), but held-out
     mouth PSNR fell 0.3 dB, and on obama_2 it fell 1.2 dB and sync was lost (French -0.09 vs 0.39): four geometry
     columns do not describe that speaker's mouth, whose remaining shape the expression code carried
     (docs/benchmarks.md). Kept for ablations."""
