@@ -77,7 +77,8 @@ META_EXPRESSION_CODE = "jean_expression_code"
 """float [De]: an expression code supplied by a renderer (expression transfer) or viewer edits."""
 META_MOUTH_RAY = "jean_mouth_ray"
 """float [1], training rays only (set per ray by the datamanager, not per camera): 1 where the ray's pixel is in the
-frame's mouth region. The model gives those rays another frame's expression code (`shuffle_mouth_expression`)."""
+frame's mouth region. The model may give those rays another frame's expression code
+(`mouth_expression_shuffle_fraction`)."""
 
 DATAPARSER_CLIP = "jean_clip"
 """The one key `jean-data` adds to nerfstudio's dataparser metadata (besides nerfstudio's own

@@ -413,18 +413,18 @@ class JeanModel(Model):
             audio = self.audio_codes_for_frames(unique)[inverse]
         if C.META_EXPRESSION_CODE in metadata:
             expression = metadata[C.META_EXPRESSION_CODE].reshape(num_rays, -1).float()
-        elif self.training and self.config.expression_jitter_seconds > 0:
-            jittered = jitter_frames(frames, round(self.config.expression_jitter_seconds * self.fps), self.num_frames)
-            jittered_unique, jittered_inverse = torch.unique(jittered, return_inverse=True)
-            expression = self.expression_codes_for_frames(jittered_unique)[jittered_inverse]
         else:
-            unique_codes = self.expression_codes_for_frames(unique)
-            expression = unique_codes[inverse]
+            shown, shown_inverse = unique, inverse  # the frames whose expression each ray sees
+            if self.training and self.config.expression_jitter_seconds > 0:
+                max_offset = round(self.config.expression_jitter_seconds * self.fps)
+                shown, shown_inverse = torch.unique(jitter_frames(frames, max_offset, self.num_frames), return_inverse=True)
+            shown_codes = self.expression_codes_for_frames(shown)
+            expression = shown_codes[shown_inverse]
             share = self.config.mouth_expression_shuffle_fraction
             if self.training and share > 0 and C.META_MOUTH_RAY in metadata:
                 mouth = metadata[C.META_MOUTH_RAY].reshape(num_rays) > 0.5
                 chosen = mouth & (torch.rand(num_rays, device=mouth.device) < share)
-                expression = shuffled_on(chosen, expression, unique_codes)
+                expression = shuffled_on(chosen, expression, shown_codes)
         if C.META_POSE in metadata:
             c2w = metadata[C.META_POSE].reshape(num_rays, 3, 4).float()
         else:
