@@ -203,8 +203,10 @@ def test_mouth_rays_take_another_frames_expression_in_training_only(pipeline):
     for share in (1.0, 0.5):
         codes = trained_codes(share)
         torch.testing.assert_close(codes[~mouth], own[~mouth])
-        # Each shuffled code is the code of one of the batch's frames.
-        assert torch.cdist(codes[mouth], batch_codes).min(dim=1).values.max() < 1e-5
+        # Each shuffled code is the code of one of the batch's frames (compared elementwise: cdist's matmul form
+        # loses ~1e-3 to cancellation on codes of norm ~10).
+        nearest = (codes[mouth][:, None] - batch_codes[None]).abs().amax(dim=-1).min(dim=1).values
+        assert nearest.max() < 1e-5
         changed[share] = float((codes[mouth] - own[mouth]).abs().amax(dim=1).gt(1e-6).float().mean())
     assert changed[1.0] > 0.5  # a ray may draw its own frame back
     assert 0.1 < changed[0.5] < changed[1.0]
