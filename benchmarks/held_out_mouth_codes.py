@@ -38,7 +38,6 @@ from encoder_benchmark import jean_config, load_head  # noqa: E402
 from model_benchmark import offline_lpips_placeholder  # noqa: E402
 
 from jean_nerfstudio.audio.mouth_prior import column_correlation  # noqa: E402
-from jean_nerfstudio.expression.inputs import expression_inputs  # noqa: E402
 
 CODES = ("readout", "measured", "mean", "readout-lip-gaps", "measured-lip-gaps")
 
@@ -51,12 +50,6 @@ def frame_codes_from(audio, codes: Callable[[torch.Tensor], torch.Tensor]) -> It
         yield
     finally:
         del audio.frame_codes
-
-
-def geometry_column_names(clip) -> List[str]:
-    """The geometry's columns, named by the rule `models.jean_model.speech_mouth_geometry` picks them with."""
-    all_names = expression_inputs(clip).layout.speech_target_names
-    return [n for n in all_names if n.startswith("hp:geom:")] or list(all_names)
 
 
 def code_source(audio, name: str, columns: List[str]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -90,7 +83,7 @@ def readout_geometry_scores(audio, clip) -> Dict[str, Dict[str, float]]:
     baseline = audio.mouth_targets[train].double().mean(0)
     r2 = 1 - ((predicted - measured) ** 2).sum(0) / ((baseline - measured) ** 2).sum(0)
     correlation = column_correlation(predicted, measured)
-    names = geometry_column_names(clip)
+    names = audio.mouth_columns
     return {
         name: {"r2_vs_train_mean": round(float(r2[j]), 3), "correlation": round(float(correlation[j]), 3)}
         for j, name in enumerate(names)
@@ -139,7 +132,7 @@ def main() -> None:
     datamanager = pipeline.datamanager
     frames = datamanager.train_dataset if args.split == "train" else datamanager.eval_dataset
     scores = results.setdefault("train_frames" if args.split == "train" else "held_out", {})
-    columns = geometry_column_names(pipeline.model.clip)
+    columns = audio.mouth_columns
     with FaceMeter() as meter:
         for name in args.codes:
             with frame_codes_from(audio, code_source(audio, name, columns)):

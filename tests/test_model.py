@@ -542,3 +542,91 @@ def test_audio_through_mouth_geometry_trains_on_measured_mouths_and_renders_from
         torch.testing.assert_close(small.frame_codes(frames), audio.frame_codes(frames))
         small.eval(), audio.eval()
         torch.testing.assert_close(small.frame_codes(frames), from_audio, atol=1e-4, rtol=1e-4)
+
+
+def test_mouth_shape_components_name_the_lips_main_motions_from_training_frames_only():
+    """`mouth_shape_components`: the principal components of the lip offsets recover a low-rank motion (scores up to
+    sign-fixed scale, by falling variance), are fitted on the training frames only, are capped by the coordinates
+    there are, and come out the same on every call."""
+    from jean_nerfstudio.models.jean_model import mouth_shape_components
+
+    generator = torch.Generator().manual_seed(0)
+    frames, coordinates = 300, 20
+    hidden = torch.randn(frames, 2, generator=generator) * torch.tensor([3.0, 1.0])  # the first moves more
+    loadings = torch.linalg.qr(torch.randn(coordinates, 2, generator=generator))[0].T  # orthonormal rows
+    offsets = hidden @ loadings + 0.01 * torch.randn(frames, coordinates, generator=generator)
+    train = torch.arange(0, 240)
+    scores = mouth_shape_components(offsets, train, 2)
+    assert scores.shape == (frames, 2)
+    for k in range(2):  # each component is one hidden motion, on every frame, held-out ones included
+        assert abs(float(torch.corrcoef(torch.stack([scores[:, k], hidden[:, k]]))[0, 1])) > 0.99
+    assert scores[train, 0].std() > 2 * scores[train, 1].std()
+    torch.testing.assert_close(mouth_shape_components(offsets, train, 2), scores)
+    assert mouth_shape_components(offsets[:, :3], train, 8).shape == (frames, 3)
+    # Held-out frames do not move the basis: wild values there leave the training frames' scores unchanged.
+    wild = offsets.clone()
+    wild[240:] = 50 * torch.randn(60, coordinates, generator=generator)
+    torch.testing.assert_close(mouth_shape_components(wild, train, 2)[train], scores[train])
+
+
+def test_mouth_prior_anchors_only_the_columns_it_names():
+    """A readout with more columns than the corpus map (the clip's own shape components) still uses the map for the
+    columns it names, and gets exactly the plain ridge fit for the others; the map never applies when one of its
+    columns is missing."""
+    from jean_nerfstudio.audio.mouth_prior import context_stack, fit_mouth_prior
+    from jean_nerfstudio.models.conditioning import MouthReadout
+
+    speakers, _ = _speakers(13, 200)
+    columns = ["hp:geom:lip_gap:0", "hp:geom:mouth_width"]
+    prior = fit_mouth_prior([f.numpy() for f, _ in speakers[:12]], [y.numpy() for _, y in speakers[:12]],
+                            [f"s{i}" for i in range(12)], columns, context_frames=1)
+    extended = columns + ["hp:shape:0"]
+    assert prior.fits(1, extended, 12) and not prior.fits(1, ["hp:shape:0", columns[0]], 12)
+    laid_out = prior.weights_for(["hp:shape:0", columns[1], columns[0]])
+    torch.testing.assert_close(laid_out[:, 1:], prior.weights[:, [1, 0]])
+    assert laid_out[:, 0].abs().sum() == 0
+
+    features, geometry = speakers[12]
+    shape = torch.randn(len(features), 1, generator=torch.Generator().manual_seed(1)) + features[:, :1]
+    neighbours = torch.from_numpy(context_stack(features.numpy(), 1)).float().view(len(features), 3, -1)
+    train = torch.arange(0, 60)
+    both = MouthReadout(neighbours, torch.cat([geometry, shape], 1), train, restore_spread=False, prior=prior,
+                        columns=extended)
+    named_only = MouthReadout(neighbours, geometry, train, restore_spread=False, prior=prior, columns=columns)
+    torch.testing.assert_close(both.weights[:, :2], named_only.weights)
+    # The extra column: the same fit as a readout without any map, on the prior's feature scaling.
+    no_map = MouthReadout(neighbours, shape, train, restore_spread=False,
+                          prior=type(prior).from_dict({**prior.to_dict(), "weights": torch.zeros(36, 1),
+                                                       "columns": ["hp:shape:0"]}),
+                          columns=["hp:shape:0"])
+    torch.testing.assert_close(both.weights[:, 2:], no_map.weights)
+
+
+def test_mouth_shape_components_reach_the_head_and_its_readout(tmp_path):
+    """With `mouth_shape_components` K, the head is trained on K more geometry columns (the clip's lip components,
+    standardized like the rest) and the readout predicts them from the audio, still shrunk towards the shipped
+    corpus map where it has one; 0, the default, keeps the four geometry columns."""
+    from synthetic_dataset import write_synthetic_dataset
+
+    data = write_synthetic_dataset(tmp_path / "clip", num_frames=90, size=32)
+    assert small_pipeline_config(data).pipeline.model.mouth_shape_components == 0
+    models = {
+        k: small_pipeline_config(data, datamanager=TINY_BATCHES, mouth_shape_components=k, **TINY_MODEL)
+        .pipeline.setup(device="cpu", test_mode="val").model
+        for k in (0, 3)
+    }
+    plain, shaped = models[0].audio, models[3].audio
+    assert plain.mouth_columns == shaped.mouth_columns[:-3]
+    assert shaped.mouth_columns[-3:] == ["hp:shape:0", "hp:shape:1", "hp:shape:2"]
+    assert shaped.mouth_targets.shape == (models[3].num_frames, len(plain.mouth_columns) + 3)
+    torch.testing.assert_close(shaped.mouth_targets[:, :-3], plain.mouth_targets)
+    assert shaped.mouth_readout.with_prior and shaped.mouth_projection[0].in_features == len(shaped.mouth_columns)
+    train = torch.as_tensor(models[3].clip.train_indices, dtype=torch.long)
+    standardized = (shaped.mouth_targets[train] - shaped.mouth_center) / shaped.mouth_scale
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(standardized.shape[1]), atol=1e-5, rtol=0)
+    frames = torch.tensor([0, 45, 89])
+    models[3].eval()
+    with torch.no_grad():
+        predicted = shaped.readout_geometry(shaped.windows, frames)
+        assert predicted.shape == (3, len(shaped.mouth_columns))
+        torch.testing.assert_close(shaped.frame_codes(frames), shaped.geometry_code(predicted))

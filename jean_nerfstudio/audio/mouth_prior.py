@@ -68,9 +68,20 @@ class MouthPrior:
         )
 
     def fits(self, context_frames: int, columns: Sequence[str], feature_dim: int) -> bool:
-        """Whether it applies to a readout of these neighbours and columns (another landmark layout or context: no)."""
-        return (context_frames == self.context_frames and list(columns) == self.columns
+        """Whether it applies to a readout of these neighbours and columns: the same context, and every column it
+        predicts among `columns` (another landmark layout or context: no). Further columns (`hp:shape:*`, which are
+        each clip's own components and so have no corpus map) are read out without it."""
+        return (context_frames == self.context_frames and set(self.columns) <= set(columns)
                 and feature_dim * (2 * context_frames + 1) == self.weights.shape[0])
+
+    def weights_for(self, columns: Sequence[str]) -> Float[Tensor, "inputs columns"]:
+        """Its map laid out for a readout of `columns` (in that order): zero for the columns it does not predict."""
+        own = {name: i for i, name in enumerate(self.columns)}
+        laid_out = torch.zeros(self.weights.shape[0], len(columns), dtype=self.weights.dtype)
+        for c, name in enumerate(columns):
+            if name in own:
+                laid_out[:, c] = self.weights[:, own[name]]
+        return laid_out
 
 
 def context_stack(features: Float[np.ndarray, "frames feature"], context: int) -> Float[np.ndarray, "frames inputs"]:

@@ -14,7 +14,7 @@ run, so checkpoints keep loading. The sequences are non-persistent buffers (rebu
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class MouthReadout(nn.Module):
 
     def __init__(self, neighbours: Float[Tensor, "frames k feature"], targets: Float[Tensor, "frames columns"],
                  train_frames: Int[Tensor, "n"], folds: int = 5, restore_spread: bool = True,
-                 prior: Optional[MouthPrior] = None) -> None:
+                 prior: Optional[MouthPrior] = None, columns: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         x = neighbours[train_frames].flatten(1).double()
         y = targets[train_frames].double()
@@ -78,10 +78,12 @@ class MouthReadout(nn.Module):
         scale = prior.feature_scale.double() if prior is not None else x.std(0) + 1e-6
         z = (x - mean) / scale
         y_mean = y.mean(0)
-        # The prior's map in this clip's units (its outputs are in units of each column's spread); zero without one.
+        # The prior's map in this clip's units (its outputs are in units of each column's spread); zero without one
+        # and for the columns it does not predict (matched by name when `columns` are given).
         anchor = torch.zeros(z.shape[1], y.shape[1], dtype=z.dtype)
         if prior is not None:
-            anchor = prior.weights.double() * y.std(0).clamp_min(1e-9)
+            prior_weights = prior.weights if columns is None else prior.weights_for(columns)
+            anchor = prior_weights.double() * y.std(0).clamp_min(1e-9)
         blocks = torch.arange(len(y)).tensor_split(folds)
 
         def solve(rows: Tensor, ridge: float) -> Tensor:
@@ -191,8 +193,9 @@ class AudioConditioner(nn.Module):
                 prior = None  # another landmark layout or context than the corpus map's: the clip's own map only
             self.mouth_readout = MouthReadout(features[self._neighbour_index(frames, self.num_frames)],
                                               mouth_targets, train_frames, restore_spread=restore_mouth_spread,
-                                              prior=prior)
+                                              prior=prior, columns=mouth_columns)
             self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
+            self.mouth_columns: List[str] = list(mouth_columns or [])
             # The geometry reaches the projection standardized by the training frames' spread: speakers' speech-driven
             # lip gaps differ several-fold (obama_2 std 0.026 of the eye distance, mimictalk_german_20s 0.008), and raw
             # values that small barely move a default-initialized layer, so the head never learned that speaker's mouth.

@@ -149,6 +149,13 @@ class JeanModelConfig(ModelConfig):
     as cross-validation on the clip says. On six clips of speakers outside pre-training the readout's lip-gap R^2
     was unchanged on clips of 20-30 s and rose on clips of 5-10 s (0.02 -> 0.12, -0.01 -> 0.20;
     `benchmarks/pooled_mouth_readout.py`). False: the clip's own map only, shrunk towards zero."""
+    mouth_shape_components: int = 0
+    """With `audio_through_mouth_geometry`, add this many principal components of the clip's high-pass lip landmark
+    offsets (fitted on the training frames) to the geometry the head is trained on and the readout predicts from the
+    audio (0: the three inner-lip gaps and the mouth width only). Those four columns are most of a small mouth's speech
+    motion but not of a wide one's (obama_2: rendered from its measured four columns alone, with the expression code
+    kept off the mouth, the head's mouth was 1.7 dB below the default's); the rest then comes from the expression code,
+    which new speech does not move (see `mouth_expression_shuffle_fraction`)."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
@@ -243,7 +250,10 @@ class JeanModel(Model):
         train_audio_encoder = (not audio.pretrained) or self.config.audio_encoder_mode == "finetune"
         # The mouth-geometry path reads fixed features; a trainable encoder has none, and takes the learned path.
         through_mouth_geometry = self.config.audio_through_mouth_geometry and not train_audio_encoder
-        mouth_geometry, mouth_columns = speech_mouth_geometry_columns(clip) if through_mouth_geometry else (None, None)
+        mouth_geometry, mouth_columns = (
+            speech_mouth_geometry_columns(clip, self.config.mouth_shape_components) if through_mouth_geometry
+            else (None, None)
+        )
         self.audio = AudioConditioner(
             audio,
             code_dim=self.config.audio_code_dim,
@@ -630,12 +640,41 @@ def speech_mouth_geometry(clip: ProcessedClip) -> Float[Tensor, "frames columns"
     return speech_mouth_geometry_columns(clip)[0]
 
 
-def speech_mouth_geometry_columns(clip: ProcessedClip) -> Tuple[Float[Tensor, "frames columns"], List[str]]:
-    """`speech_mouth_geometry` and the names of its columns."""
+def speech_mouth_geometry_columns(
+    clip: ProcessedClip, shape_components: int = 0
+) -> Tuple[Float[Tensor, "frames columns"], List[str]]:
+    """`speech_mouth_geometry` and the names of its columns; with `shape_components` K > 0, followed by the first K
+    principal components of the high-pass lip landmark offsets (`mouth_shape_components`, named `hp:shape:k`)."""
     inputs = expression_inputs(clip)
     names = inputs.layout.speech_target_names
     columns = [i for i, name in enumerate(names) if name.startswith("hp:geom:")] or list(range(len(names)))
-    return inputs.speech_targets[:, columns].float(), [names[i] for i in columns]
+    geometry, geometry_names = inputs.speech_targets[:, columns].float(), [names[i] for i in columns]
+    if shape_components <= 0:
+        return geometry, geometry_names
+    # The lip outline in the image plane; depth is mostly tracking noise (as in the expression inputs' landmark axes).
+    lips = [i for i, name in enumerate(names) if name.startswith("hp:lm:lips_") and name.endswith((":x", ":y"))]
+    if not lips:
+        return geometry, geometry_names
+    train = torch.as_tensor(clip.train_indices, dtype=torch.long)
+    shape = mouth_shape_components(inputs.speech_targets[:, lips].float(), train, shape_components)
+    return torch.cat([geometry, shape], dim=1), geometry_names + [f"hp:shape:{k}" for k in range(shape.shape[1])]
+
+
+def mouth_shape_components(
+    offsets: Float[Tensor, "frames coordinates"], train_frames: Int[Tensor, "n"], count: int
+) -> Float[Tensor, "frames components"]:
+    """Every frame's scores on the first `count` principal components of the lip landmark offsets of the training
+    frames (fewer when the lips have fewer coordinates). Three lip gaps and the width leave out what else a speaking
+    mouth does (rounding, spreading, asymmetry, the jaw's wide openings); the components name it in as few numbers as
+    the clip allows. Each component's sign is fixed (its largest loading positive), so the same clip always gives the
+    same columns."""
+    train = offsets[train_frames].double()
+    mean = train.mean(0)
+    _, _, basis = torch.linalg.svd(train - mean, full_matrices=False)  # rows: components, by falling variance
+    basis = basis[: min(count, basis.shape[0])]
+    largest = basis.abs().argmax(dim=1)
+    basis = basis * torch.sign(basis[torch.arange(basis.shape[0]), largest])[:, None]
+    return ((offsets.double() - mean) @ basis.T).float()
 
 
 def shuffled_on(
