@@ -217,6 +217,39 @@ def test_mouth_rays_take_another_frames_expression_in_training_only(pipeline):
         model.config.mouth_expression_shuffle_fraction = default
 
 
+def test_mouth_rays_take_a_nearby_frames_expression_with_a_time_limit(pipeline):
+    """With `mouth_expression_shuffle_seconds`, a shuffled mouth ray's code is that of a frame at most that far from
+    its own (not of any frame of the batch), other rays keep their own, and a wider limit reaches farther frames."""
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    mouth = batch["labels"].reshape(-1) == C.LABEL_MOUTH
+    frames = model.ray_frame_indices(ray_bundle)
+    own = model.expression_codes_for_frames(frames).detach()
+    every_frame = model.expression_codes_for_frames(torch.arange(model.num_frames)).detach()
+    saved = (model.config.mouth_expression_shuffle_fraction, model.config.mouth_expression_shuffle_seconds)
+
+    def distances(seconds: float) -> torch.Tensor:
+        """How many frames from its own each mouth ray's code came from (the nearest frame with that code)."""
+        model.config.mouth_expression_shuffle_fraction, model.config.mouth_expression_shuffle_seconds = 1.0, seconds
+        model.train()
+        try:
+            codes = model.ray_conditioning(ray_bundle)["expression"].detach()
+        finally:
+            model.eval()
+            model.config.mouth_expression_shuffle_fraction, model.config.mouth_expression_shuffle_seconds = saved
+        torch.testing.assert_close(codes[~mouth], own[~mouth])
+        matches = (codes[mouth][:, None] - every_frame[None]).abs().amax(dim=-1) < 1e-5  # [mouth rays, frames]
+        assert matches.any(dim=1).all(), "every mouth ray's code is some frame's code"
+        gap = (torch.arange(model.num_frames)[None] - frames[mouth][:, None]).abs().float()
+        return torch.where(matches, gap, torch.inf).amin(dim=1)
+
+    torch.manual_seed(0)
+    one_frame = distances(1.0 / model.fps)
+    assert one_frame.max() <= 1 and (one_frame == 1).any()
+    three_frames = distances(3.0 / model.fps)
+    assert three_frames.max() <= 3 and (three_frames > 1).any()
+
+
 def test_expression_attention_on_the_mouth_is_penalized(pipeline):
     """The mirror of the audio-attention term: expression attention on mouth pixels costs, and its gradient reaches
     the field's attention network (nowhere else is it pushed off the mouth)."""

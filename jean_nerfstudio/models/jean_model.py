@@ -188,6 +188,11 @@ class JeanModelConfig(ModelConfig):
     mouth PSNR fell 0.3 dB, and on obama_2 it fell 1.2 dB and sync was lost (French -0.09 vs 0.39): four geometry
     columns do not describe that speaker's mouth, whose remaining shape the expression code carried
     (docs/benchmarks.md). Kept for ablations."""
+    mouth_expression_shuffle_seconds: float = 0.0
+    """With `mouth_expression_shuffle_fraction`, the shuffled mouth rays take the code of a random frame at most this
+    many seconds from their own instead of any frame of the batch (0). Speech moves the mouth at 3-8 Hz and expressions
+    slowly: a code from up to half a second away still says how the mouth is held (a smile, a frown), but no longer
+    which syllable it is on, so the head keeps the expression on the mouth and must take the syllable from the audio."""
     # ----- torso -----
     torso_levels: int = 12
     """Levels of the 2D torso grid."""
@@ -434,7 +439,14 @@ class JeanModel(Model):
             if self.training and share > 0 and C.META_MOUTH_RAY in metadata:
                 mouth = metadata[C.META_MOUTH_RAY].reshape(num_rays) > 0.5
                 chosen = mouth & (torch.rand(num_rays, device=mouth.device) < share)
-                expression = shuffled_on(chosen, expression, shown_codes)
+                seconds = self.config.mouth_expression_shuffle_seconds
+                if seconds > 0:  # a frame near the ray's own: the mouth's slow posture stays, its speech motion goes
+                    near = jitter_frames(frames[chosen], max(1, round(seconds * self.fps)), self.num_frames)
+                    near_unique, near_inverse = torch.unique(near, return_inverse=True)
+                    expression = expression.clone()
+                    expression[chosen] = self.expression_codes_for_frames(near_unique)[near_inverse]
+                else:
+                    expression = shuffled_on(chosen, expression, shown_codes)
         if C.META_POSE in metadata:
             c2w = metadata[C.META_POSE].reshape(num_rays, 3, 4).float()
         else:
