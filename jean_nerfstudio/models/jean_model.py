@@ -155,7 +155,9 @@ class JeanModelConfig(ModelConfig):
     audio (0: the three inner-lip gaps and the mouth width only). Those four columns are most of a small mouth's speech
     motion but not of a wide one's (obama_2: rendered from its measured four columns alone, with the expression code
     kept off the mouth, the head's mouth was 1.7 dB below the default's); the rest then comes from the expression code,
-    which new speech does not move (see `mouth_expression_shuffle_fraction`)."""
+    which new speech does not move (see `mouth_expression_shuffle_fraction`). Off: with 4 and the batch-wide shuffle,
+    obama_2's held-out mouth still fell 1.1 dB (its third component, a fifth of its lip motion, is one the audio does
+    not predict); kept for ablations (docs/benchmarks.md)."""
     expression_encoder: Literal["transformer", "mlp"] = "transformer"
     """'transformer': long-window transformer disentangled from speech; 'mlp': per-frame MLP of non-speech channels."""
     expression_encoder_checkpoint: Optional[Path] = Path("shipped")
@@ -192,7 +194,10 @@ class JeanModelConfig(ModelConfig):
     """With `mouth_expression_shuffle_fraction`, the shuffled mouth rays take the code of a random frame at most this
     many seconds from their own instead of any frame of the batch (0). Speech moves the mouth at 3-8 Hz and expressions
     slowly: a code from up to half a second away still says how the mouth is held (a smile, a frown), but no longer
-    which syllable it is on, so the head keeps the expression on the mouth and must take the syllable from the audio."""
+    which syllable it is on, so the head keeps the expression on the mouth and must take the syllable from the audio.
+    Off: at 0.5 (with 4 `mouth_shape_components`, 1,000 steps) obama_2 kept its held-out mouth (-0.14 dB) while muting
+    the track moved its mouth a quarter less, but the german head lost French sync; one run per arm
+    (docs/benchmarks.md)."""
     # ----- torso -----
     torso_levels: int = 12
     """Levels of the 2D torso grid."""
