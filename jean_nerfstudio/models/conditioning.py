@@ -180,6 +180,7 @@ class AudioConditioner(nn.Module):
         self.smoother = TemporalSmoother(feature_dim, 2 * smoothing_frames + 1)
         self.projection = nn.Linear(feature_dim, code_dim)
         self.mouth_readout: Optional[MouthReadout] = None
+        self.mouth_columns: List[str] = list(mouth_columns or []) if mouth_targets is not None else []
         if mouth_targets is not None:
             if train_encoder:
                 raise ValueError("the mouth-geometry audio path needs a frozen stage-1 audio encoder "
@@ -195,7 +196,6 @@ class AudioConditioner(nn.Module):
                                               mouth_targets, train_frames, restore_spread=restore_mouth_spread,
                                               prior=prior, columns=mouth_columns)
             self.register_buffer("mouth_targets", mouth_targets.float(), persistent=False)
-            self.mouth_columns: List[str] = list(mouth_columns or [])
             # The geometry reaches the projection standardized by the training frames' spread: speakers' speech-driven
             # lip gaps differ several-fold (obama_2 std 0.026 of the eye distance, mimictalk_german_20s 0.008), and raw
             # values that small barely move a default-initialized layer, so the head never learned that speaker's mouth.
