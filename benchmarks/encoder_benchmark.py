@@ -18,6 +18,10 @@ it trains `jean-small` (or nerfacto) for the same iterations, then reports
     python benchmarks/encoder_benchmark.py PROCESSED/obama_2 PROCESSED/mimictalk_german_20s \
         --tracks ../shared/data/audio/{german,chinese,japanese}.wav --iterations 1000 --output docs/bench/encoders.json
 
+On a GPU, `--method jean --device cuda` trains the GPU method (4,096 rays, mixed precision; nerfacto gets the same
+ray count) for the issue's mouth target at GPU iteration counts; `--no-landmarks` skips LMD-mouth and the lip-sync
+renders where MediaPipe is not installed (benchmarks/gpu/run.sh runs it so with MOUTH_ITERATIONS=N).
+
 `--heads DIR` keeps every trained head (DIR/CLIP/ARM.pt) and loads it on the next run instead of training again, so
 longer or other tracks can be measured on the same heads.
 
@@ -27,6 +31,7 @@ The JSON names clips and tracks by file name only (no paths of this machine).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -59,35 +64,45 @@ def parse_model_overrides(items: List[str]) -> Dict[str, Any]:
     return overrides
 
 
-def save_head(pipeline, path: Path, overrides: Dict[str, Any], iterations: int, timing: Dict[str, float]) -> None:
+def save_head(pipeline, path: Path, overrides: Dict[str, Any], iterations: int, timing: Dict[str, float],
+              method: str = "jean-small") -> None:
     """A trained head's weights with what it was trained under (written whole, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    payload = {"model": pipeline.model.state_dict(), "overrides": overrides, "iterations": iterations, "timing": timing}
+    payload = {"model": pipeline.model.state_dict(), "overrides": overrides, "iterations": iterations, "timing": timing,
+               "method": method}
     torch.save(payload, partial)
     partial.replace(path)
 
 
-def load_head(config, path: Path, overrides: Dict[str, Any], iterations: int):
+def load_head(config, path: Path, overrides: Dict[str, Any], iterations: int, device: str = "cpu",
+              method: str = "jean-small"):
     """The pipeline of `config` with a kept head's weights, refusing a head trained under other settings."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload["overrides"] != overrides or payload["iterations"] != iterations:
+    payload = torch.load(path, map_location=device, weights_only=False)
+    kept_method = payload.get("method", "jean-small")  # heads kept before --method existed
+    if payload["overrides"] != overrides or payload["iterations"] != iterations or kept_method != method:
         raise SystemExit(
-            f"{path}: trained with {payload['overrides']} for {payload['iterations']} iterations, not {overrides} for "
-            f"{iterations}; give another --heads folder or delete it."
+            f"{path}: {kept_method} trained with {payload['overrides']} for {payload['iterations']} iterations, not "
+            f"{method} with {overrides} for {iterations}; give another --heads folder or delete it."
         )
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline = config.pipeline.setup(device=device, test_mode="val")
     pipeline.model.load_state_dict(payload["model"])
     pipeline.eval()
     return pipeline, dict(payload["timing"])
 
 
-def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None):
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None, method: str = "jean-small"):
     import copy
 
-    from jean_nerfstudio.jean_config import jean_small_method
+    from jean_nerfstudio.jean_config import jean_method, jean_small_method
 
-    config = copy.deepcopy(jean_small_method.config)
+    config = copy.deepcopy({"jean": jean_method, "jean-small": jean_small_method}[method].config)
     config.pipeline.datamanager.data = data
     config.pipeline.datamanager.dataparser.data = data
     if arm == "per-subject":
@@ -243,8 +258,18 @@ def main() -> None:
                         help="keep each trained jean head here (CLIP/ARM.pt); a head already there is loaded, not "
                         "retrained, so longer or other tracks can be measured on the same heads")
     parser.add_argument("--seed", type=int, default=0, help="seed of every arm's training (repeat runs measure noise)")
+    parser.add_argument("--method", choices=["jean-small", "jean"], default="jean-small",
+                        help="the jean method trained (jean: the GPU default, 4,096 rays per batch; nerfacto gets the "
+                        "same ray count)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the arms train and render (mixed precision on cuda)")
+    parser.add_argument("--no-landmarks", action="store_true",
+                        help="skip LMD-mouth (and so the lip-sync renders, which are measured with landmarks) on a "
+                        "machine without MediaPipe")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    if args.no_landmarks and args.tracks:
+        parser.error("--tracks are scored with face landmarks; drop --no-landmarks or the tracks")
     overrides = parse_model_overrides(args.model_set)
     torch.manual_seed(args.seed)
     offline_lpips_placeholder()
@@ -255,7 +280,8 @@ def main() -> None:
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "iterations": args.iterations, "seed": args.seed, "eval_frames": args.eval_frames, "seconds_per_track": args.seconds,
-        "render_size": args.size, "tracks": [t.name for t in args.tracks], "model_overrides": overrides, "clips": {},
+        "render_size": args.size, "tracks": [t.name for t in args.tracks], "model_overrides": overrides,
+        "method": args.method, "device": device_name(args.device), "clips": {},
     }
 
     def save() -> None:
@@ -263,7 +289,7 @@ def main() -> None:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(results, indent=2) + "\n")
 
-    with FaceMeter() as meter:
+    with (contextlib.nullcontext() if args.no_landmarks else FaceMeter()) as meter:
         for clip_dir in args.clips:
             name = clip_dir.name
             entry: Dict[str, Any] = {}
@@ -274,24 +300,28 @@ def main() -> None:
             for arm in args.arms:
                 torch.manual_seed(args.seed)
                 if arm == "nerfacto":
-                    jean_model = jean_config(clip_dir, "shipped").pipeline.model
-                    config = nerfacto_pipeline_config(clip_dir, 1024, jean_model)
+                    jean = jean_config(clip_dir, "shipped", method=args.method)
+                    config = nerfacto_pipeline_config(
+                        clip_dir, jean.pipeline.datamanager.train_num_rays_per_batch, jean.pipeline.model,
+                        # the learning-rate schedule of jean's own method, so both decay alike at any iteration
+                        steps=jean.max_num_iterations, device_type=torch.device(args.device).type,
+                    )
                 else:
-                    config = jean_config(clip_dir, arm, overrides)
+                    config = jean_config(clip_dir, arm, overrides, args.method)
                 kept = args.heads / name / f"{arm}.pt" if args.heads is not None and arm != "nerfacto" else None
                 if kept is not None and kept.is_file():
-                    pipeline, timing = load_head(config, kept, overrides, args.iterations)
+                    pipeline, timing = load_head(config, kept, overrides, args.iterations, args.device, args.method)
                     print(f"{name} / {arm}: loaded the trained head {kept}")
                 else:
                     print(f"{name} / {arm}: training {args.iterations} iterations")
-                    run = train(config, "cpu", max_steps=args.iterations)
+                    run = train(config, args.device, max_steps=args.iterations)
                     pipeline = run.pipeline
                     timing = {
                         "train_seconds": round(run.train_seconds, 1),
                         "seconds_per_iteration": round(run.seconds_per_iteration, 3),
                     }
                     if kept is not None:
-                        save_head(pipeline, kept, overrides, args.iterations, timing)
+                        save_head(pipeline, kept, overrides, args.iterations, timing, args.method)
                 arm_entry: Dict[str, Any] = {
                     **timing,
                     "held_out": evaluate_held_out(pipeline, args.eval_frames, meter),

@@ -42,8 +42,9 @@ def jean_pipeline_config(data: Path, rays: int, expression_encoder: str):
     return config
 
 
-def nerfacto_pipeline_config(data: Path, rays: int, jean_model):
-    """nerfacto with the torch grid, the jean-small sample counts and a comparable grid, on the same dataparser."""
+def nerfacto_pipeline_config(data: Path, rays: int, jean_model, steps: int = 3000, device_type: str = "cpu"):
+    """nerfacto with the torch grid, jean's sample counts and a comparable grid, on the same dataparser; `steps` is
+    the learning-rate schedule's length (jean-small's 3,000 by default, like jean's own schedule)."""
     from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
     from nerfstudio.configs.base_config import MachineConfig
     from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
@@ -69,14 +70,13 @@ def nerfacto_pipeline_config(data: Path, rays: int, jean_model):
         disable_scene_contraction=True,
         background_color="random",
     )
-    steps = 3000
     opt = lambda lr: {  # noqa: E731
         "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
         "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=steps),
     }
     return TrainerConfig(
         method_name="nerfacto",
-        machine=MachineConfig(device_type="cpu"),
+        machine=MachineConfig(device_type=device_type),
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
                 dataparser=JeanDataParserConfig(data=data), train_num_rays_per_batch=rays, data=data

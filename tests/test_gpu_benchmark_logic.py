@@ -51,7 +51,7 @@ def test_dry_run_of_the_gpu_command(tmp_path, synthetic_dataset):
                             capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr
     out = tmp_path / "out"
-    env = dict(os.environ, CARRY=str(dest), OUT=str(out), DRY_RUN="1", PYTHON=sys.executable)
+    env = dict(os.environ, CARRY=str(dest), OUT=str(out), DRY_RUN="1", PYTHON=sys.executable, MOUTH_ITERATIONS="1")
     run = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu" / "run.sh")], env=env, capture_output=True,
                          text=True, timeout=900, cwd=REPO_ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -69,6 +69,13 @@ def test_dry_run_of_the_gpu_command(tmp_path, synthetic_dataset):
     assert "needs CUDA" in summary["results"]["tcnn"]["skipped"]
     grid = summary["grid_benchmark"]["results"]
     assert grid["torch"]["forward_backward_ms"] > 0 and "skipped" in grid["triton"]
+    # Issue 13's mouth target: the GPU method and nerfacto trained alike, scored on the same held-out mouth.
+    mouth = json.loads((out / "mouth_target.json").read_text())
+    assert mouth["method"] == "jean" and mouth["model_overrides"] == {}
+    arms = mouth["clips"]["clip"]
+    assert set(arms) == {"shipped", "nerfacto"}
+    assert all(arm["held_out"]["psnr_mouth"] > 0 and "lmd_mouth" not in arm["held_out"] for arm in arms.values())
+    assert "mouth target" in run.stdout
 
 
 def test_nothing_committed_builds_tinycudann():
