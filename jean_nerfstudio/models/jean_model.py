@@ -30,6 +30,7 @@ from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, Uni
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 from torch.nn import Parameter
 
@@ -671,6 +672,10 @@ def speech_mouth_geometry_columns(
     # The lip outline in the image plane; depth is mostly tracking noise (as in the expression inputs' landmark axes).
     lips = [i for i, name in enumerate(names) if name.startswith("hp:lm:lips_") and name.endswith((":x", ":y"))]
     if not lips:
+        CONSOLE.print(
+            f"{clip.root}: mouth_shape_components {shape_components} ignored: this clip's landmark layout has no lip "
+            "outline; the mouth geometry keeps its lip gaps and width."
+        )
         return geometry, geometry_names
     train = torch.as_tensor(clip.train_indices, dtype=torch.long)
     shape = mouth_shape_components(inputs.speech_targets[:, lips].float(), train, shape_components)
