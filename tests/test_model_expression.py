@@ -37,6 +37,37 @@ def test_frozen_by_default_with_no_objective(pipeline):
     assert all(not p.requires_grad for p in model.expression.encoder.parameters())
 
 
+def test_frozen_encoder_codes_come_from_the_clip_encoded_once_and_follow_loaded_weights(pipeline):
+    """With the encoder frozen (the default), clip frames' codes are looked up in the clip encoded once: they must
+    equal the codes encoded on demand, keep the projection trainable, and change when other weights are loaded."""
+    conditioner = pipeline.model.expression
+    frames = torch.tensor([0, 2, conditioner.num_frames // 2, conditioner.num_frames - 1])
+    looked_up = conditioner.frame_codes(frames)
+    with torch.no_grad():
+        on_demand = conditioner.codes(conditioner.inputs, frames)
+    torch.testing.assert_close(looked_up.detach(), on_demand, rtol=1e-4, atol=1e-5)
+    assert conditioner.clip_features().shape[0] == conditioner.num_frames
+    looked_up.sum().backward()  # the code's projection still trains; the encoder does not
+    assert conditioner.projection.weight.grad is not None
+    assert all(p.grad is None for p in conditioner.encoder.parameters())
+    conditioner.projection.weight.grad = None
+
+    state = {k: v.clone() for k, v in conditioner.state_dict().items()}
+    other = {k: (v + 0.05 * torch.randn_like(v) if k.startswith("encoder.") and v.is_floating_point() else v)
+             for k, v in state.items()}
+    try:
+        pipeline.model.load_state_dict({f"expression.{k}": v for k, v in other.items()}, strict=False)
+        with torch.no_grad():
+            reloaded = conditioner.frame_codes(frames)
+            expected = conditioner.codes(conditioner.inputs, frames)
+        assert not torch.allclose(reloaded, on_demand, atol=1e-4)
+        torch.testing.assert_close(reloaded, expected, rtol=1e-4, atol=1e-5)
+    finally:
+        conditioner.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(conditioner.frame_codes(frames), on_demand, rtol=1e-4, atol=1e-5)
+
+
 def test_fine_tuning_adds_the_disentanglement_objective(tiny_dataset):
     torch.manual_seed(0)
     config = small_pipeline_config(tiny_dataset, datamanager=TINY_BATCHES, expression_objective_every=1,

@@ -293,6 +293,12 @@ class AudioConditioner(nn.Module):
         return self.codes(silence, torch.tensor([k], device=silence.device))
 
 
+def _forget_clip_features(module: "ExpressionConditioner", _incompatible_keys) -> None:
+    """After new weights are loaded, the clip's cached encoder outputs are stale (a module-level function, not a
+    lambda, so the module still pickles)."""
+    module._clip_features = None
+
+
 class ExpressionConditioner(nn.Module):
     """The model's expression source: the clip's expression inputs -> per-frame expression codes; edits of them;
     another clip's inputs (expression transfer).
@@ -321,7 +327,13 @@ class ExpressionConditioner(nn.Module):
         if not train_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
+            self.encoder.eval()
         self.projection = nn.Linear(int(getattr(self.encoder, "output_dim")), code_dim)
+        # A frozen encoder gives every clip frame the same output all run long: the clip is encoded once and each
+        # batch looks its frames up (training draws codes for hundreds of frames a batch: jitter, mouth shuffles).
+        # Not state: rebuilt on another device, and after loading weights.
+        self._clip_features: Optional[Tensor] = None
+        self.register_load_state_dict_post_hook(_forget_clip_features)
 
     @property
     def num_frames(self) -> int:
@@ -341,11 +353,15 @@ class ExpressionConditioner(nn.Module):
 
     def codes(self, inputs: Float[Tensor, "frames features"], frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
         """Codes of `frames` (indices into the sequence `inputs`)."""
+        return self.projection(self.encoded(inputs, frames))
+
+    def encoded(self, inputs: Float[Tensor, "frames features"], frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch feature"]:
+        """The encoder's output at `frames` of the sequence `inputs` (before the projection to the code)."""
         num = inputs.shape[0]
         if self.context_frames == 0:
-            return self.projection(self.encode(inputs[frames]))
+            return self.encode(inputs[frames])
         if self.context_frames is None or num <= 4 * self.context_frames + frames.numel():
-            return self.projection(self.encode(inputs)[frames])
+            return self.encode(inputs)[frames]
         # Long sequence: encode one window per requested frame, batched, padding masked out. A frame's code depends
         # only on its window, so this equals encoding the whole sequence.
         r = self.context_frames
@@ -357,11 +373,25 @@ class ExpressionConditioner(nn.Module):
         else:
             with torch.no_grad():
                 encoded = self.encoder(windows, valid=valid)
-        return self.projection(encoded[:, r])
+        return encoded[:, r]
 
     def frame_codes(self, frames: Int[Tensor, "batch"]) -> Float[Tensor, "batch code"]:
         """Codes of frames of the clip."""
-        return self.codes(self.inputs, frames)
+        if self.train_encoder:
+            return self.codes(self.inputs, frames)
+        return self.projection(self.clip_features()[frames])
+
+    def clip_features(self, chunk: int = 512) -> Float[Tensor, "frames feature"]:
+        """The frozen encoder's output at every frame of the clip, encoded once (in chunks of frames, each with its
+        window, so memory stays bounded for long clips)."""
+        cached = self._clip_features
+        if cached is None or cached.device != self.inputs.device:
+            every = torch.arange(self.num_frames, device=self.inputs.device)
+            with torch.no_grad():
+                # float32 whatever autocast is active: the cache outlives the context it was built in
+                cached = torch.cat([self.encoded(self.inputs, part).float() for part in every.split(chunk)])
+            self._clip_features = cached
+        return cached
 
     def sequence_codes(self, inputs: Float[Tensor, "frames features"]) -> Float[Tensor, "frames code"]:
         """Codes of every frame of a sequence, encoded whole."""
