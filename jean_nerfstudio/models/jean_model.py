@@ -196,9 +196,10 @@ class JeanModelConfig(ModelConfig):
     many seconds from their own instead of any frame of the batch (0). Speech moves the mouth at 3-8 Hz and expressions
     slowly: a code from up to half a second away still says how the mouth is held (a smile, a frown), but no longer
     which syllable it is on, so the head keeps the expression on the mouth and must take the syllable from the audio.
-    Off: at 0.5 (with 4 `mouth_shape_components`, 1,000 steps) obama_2 kept its held-out mouth (-0.14 dB) while muting
-    the track moved its mouth a quarter less, but the german head lost French sync; one run per arm
-    (docs/benchmarks.md)."""
+    Off: at 0.5 (with 4 `mouth_shape_components`, 1,000 steps) obama_2 kept its held-out mouth on two seeds while
+    muting the track moved its mouth a quarter less, but german's French sync fell on both of its seeds and obama_3
+    lost 0.5 dB of mouth and sync on all three tracks; without the components it cost 0.35-0.40 dB of mouth on
+    obama_2 and german (docs/benchmarks.md)."""
     # ----- torso -----
     torso_levels: int = 12
     """Levels of the 2D torso grid."""
