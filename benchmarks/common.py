@@ -6,6 +6,7 @@ optimizer and scheduler steps) without its logging and viewer, so that iteration
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -31,6 +32,13 @@ class TrainRun:
     @property
     def train_seconds(self) -> float:
         return float(sum(self.iteration_seconds))
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's with its thread count: what a benchmark's numbers were measured on."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def synchronize(device: str) -> None:

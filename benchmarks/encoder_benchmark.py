@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import evaluate_held_out, train  # noqa: E402
+from common import device_name, evaluate_held_out, train  # noqa: E402
 from model_benchmark import nerfacto_pipeline_config, offline_lpips_placeholder  # noqa: E402
 
 
@@ -89,12 +89,6 @@ def load_head(config, path: Path, overrides: Dict[str, Any], iterations: int, de
     pipeline.model.load_state_dict(payload["model"])
     pipeline.eval()
     return pipeline, dict(payload["timing"])
-
-
-def device_name(device: str) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    return "cpu"
 
 
 def jean_config(data: Path, arm: str, overrides: Optional[Dict[str, Any]] = None, method: str = "jean-small"):

@@ -74,7 +74,7 @@ def test_dry_run_of_the_gpu_command(tmp_path, synthetic_dataset):
     assert mouth["method"] == "jean" and mouth["model_overrides"] == {}
     arms = mouth["clips"]["clip"]
     assert set(arms) == {"shipped", "nerfacto"}
-    assert all(arm["held_out"]["psnr_mouth"] > 0 and "lmd_mouth" not in arm["held_out"] for arm in arms.values())
+    assert all(arm["held_out"]["psnr_mouth"] > 0 and "lmd_mouth_px" not in arm["held_out"] for arm in arms.values())
     assert "mouth target" in run.stdout
 
 

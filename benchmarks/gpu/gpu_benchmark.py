@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -25,7 +24,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
-from common import evaluate_held_out, synchronize, train  # noqa: E402
+from common import device_name, evaluate_held_out, synchronize, train  # noqa: E402
 
 from jean_nerfstudio.fields.hash_grid import HashGrid  # noqa: E402
 
@@ -68,12 +67,6 @@ def why_not_runnable(implementation: str, device: str) -> str:
         return "tinycudann is not installed"
     result = check_tcnn("cuda")
     return "" if result.passed else f"tinycudann failed its self-check: {result.reason}"
-
-
-def gpu_name(device: str) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 @torch.no_grad()
@@ -166,7 +159,7 @@ def main() -> None:
 
     skipped = why_not_runnable(args.implementation, device)
     if skipped:
-        result = {"implementation": args.implementation, "device": gpu_name(device), "skipped": skipped}
+        result = {"implementation": args.implementation, "device": device_name(device), "skipped": skipped}
         (args.out / f"result_{args.implementation}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result))
         sys.exit(3)
@@ -191,7 +184,7 @@ def main() -> None:
     grids = {m.implementation for m in run.pipeline.model.modules() if isinstance(m, HashGrid)}
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
-        "device": gpu_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "implementation": args.implementation,
         "grids_ran": sorted(grids),  # what the model's grids resolved to (a fallback would show here)
