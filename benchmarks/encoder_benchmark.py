@@ -240,6 +240,10 @@ def main() -> None:
                         help="unseen-language driving audio (none: held-out quality only, no renders of new audio)")
     parser.add_argument("--arms", nargs="+", default=["shipped", "per-subject", "nerfacto"])
     parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--schedule-steps", type=int, default=None,
+                        help="steps over which every arm's learning rates decay to their final values (default: the "
+                        "method's max_num_iterations, as `ns-train --max-num-iterations` leaves them); set it to "
+                        "--iterations to train longer on the schedule a longer method would have")
     parser.add_argument("--eval-frames", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each track rendered")
     parser.add_argument("--size", type=int, default=128, help="render (and real-video reference) resolution")
@@ -265,6 +269,8 @@ def main() -> None:
     if args.no_landmarks and args.tracks:
         parser.error("--tracks are scored with face landmarks; drop --no-landmarks or the tracks")
     overrides = parse_model_overrides(args.model_set)
+    # A kept head remembers the schedule it was trained on with its overrides (another schedule is another head).
+    head_key = {**overrides, "schedule_steps": args.schedule_steps} if args.schedule_steps else overrides
     torch.manual_seed(args.seed)
     offline_lpips_placeholder()
 
@@ -275,6 +281,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "iterations": args.iterations, "seed": args.seed, "eval_frames": args.eval_frames, "seconds_per_track": args.seconds,
         "render_size": args.size, "tracks": [t.name for t in args.tracks], "model_overrides": overrides,
+        "schedule_steps": args.schedule_steps,
         "method": args.method, "device": device_name(args.device), "clips": {},
     }
 
@@ -298,13 +305,16 @@ def main() -> None:
                     config = nerfacto_pipeline_config(
                         clip_dir, jean.pipeline.datamanager.train_num_rays_per_batch, jean.pipeline.model,
                         # the learning-rate schedule of jean's own method, so both decay alike at any iteration
-                        steps=jean.max_num_iterations, device_type=torch.device(args.device).type,
+                        steps=args.schedule_steps or jean.max_num_iterations, device_type=torch.device(args.device).type,
                     )
                 else:
                     config = jean_config(clip_dir, arm, overrides, args.method)
+                    if args.schedule_steps:
+                        for optimizer in config.optimizers.values():
+                            optimizer["scheduler"].max_steps = args.schedule_steps
                 kept = args.heads / name / f"{arm}.pt" if args.heads is not None and arm != "nerfacto" else None
                 if kept is not None and kept.is_file():
-                    pipeline, timing = load_head(config, kept, overrides, args.iterations, args.device, args.method)
+                    pipeline, timing = load_head(config, kept, head_key, args.iterations, args.device, args.method)
                     print(f"{name} / {arm}: loaded the trained head {kept}")
                 else:
                     print(f"{name} / {arm}: training {args.iterations} iterations")
@@ -315,7 +325,7 @@ def main() -> None:
                         "seconds_per_iteration": round(run.seconds_per_iteration, 3),
                     }
                     if kept is not None:
-                        save_head(pipeline, kept, overrides, args.iterations, timing, args.method)
+                        save_head(pipeline, kept, head_key, args.iterations, timing, args.method)
                 arm_entry: Dict[str, Any] = {
                     **timing,
                     "held_out": evaluate_held_out(pipeline, args.eval_frames, meter),

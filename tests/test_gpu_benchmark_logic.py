@@ -72,6 +72,8 @@ def test_dry_run_of_the_gpu_command(tmp_path, synthetic_dataset):
     # Issue 13's mouth target: the GPU method and nerfacto trained alike, scored on the same held-out mouth.
     mouth = json.loads((out / "mouth_target.json").read_text())
     assert mouth["method"] == "jean" and mouth["model_overrides"] == {}
+    # Both arms' learning rates decay over the run's own iterations, as a method of that many steps would.
+    assert mouth["schedule_steps"] == mouth["iterations"]
     arms = mouth["clips"]["clip"]
     assert set(arms) == {"shipped", "nerfacto"}
     assert all(arm["held_out"]["psnr_mouth"] > 0 and "lmd_mouth_px" not in arm["held_out"] for arm in arms.values())

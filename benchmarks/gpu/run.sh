@@ -62,7 +62,8 @@ done
 if [ "$MOUTH_ITERATIONS" != 0 ]; then
   log "mouth target: jean and nerfacto, $MOUTH_ITERATIONS iterations each"
   $PY benchmarks/encoder_benchmark.py "$CARRY/data/clip" --method jean --arms shipped nerfacto --no-landmarks \
-    --iterations "$MOUTH_ITERATIONS" --eval-frames "$MOUTH_EVAL_FRAMES" --output "$OUT/mouth_target.json" \
+    --iterations "$MOUTH_ITERATIONS" --schedule-steps "$MOUTH_ITERATIONS" --eval-frames "$MOUTH_EVAL_FRAMES" \
+    --output "$OUT/mouth_target.json" \
     > "$OUT/mouth_target.log" 2>&1
   log "mouth target exit $?"
 fi
