@@ -65,25 +65,28 @@ def parse_model_overrides(items: List[str]) -> Dict[str, Any]:
 
 
 def save_head(pipeline, path: Path, overrides: Dict[str, Any], iterations: int, timing: Dict[str, float],
-              method: str = "jean-small") -> None:
+              method: str = "jean-small", schedule_steps: Optional[int] = None) -> None:
     """A trained head's weights with what it was trained under (written whole, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     payload = {"model": pipeline.model.state_dict(), "overrides": overrides, "iterations": iterations, "timing": timing,
-               "method": method}
+               "method": method, "schedule_steps": schedule_steps}
     torch.save(payload, partial)
     partial.replace(path)
 
 
 def load_head(config, path: Path, overrides: Dict[str, Any], iterations: int, device: str = "cpu",
-              method: str = "jean-small"):
+              method: str = "jean-small", schedule_steps: Optional[int] = None):
     """The pipeline of `config` with a kept head's weights, refusing a head trained under other settings."""
     payload = torch.load(path, map_location=device, weights_only=False)
     kept_method = payload.get("method", "jean-small")  # heads kept before --method existed
-    if payload["overrides"] != overrides or payload["iterations"] != iterations or kept_method != method:
+    kept_schedule = payload.get("schedule_steps")  # None: the method's own schedule
+    if (payload["overrides"] != overrides or payload["iterations"] != iterations or kept_method != method
+            or kept_schedule != schedule_steps):
         raise SystemExit(
-            f"{path}: {kept_method} trained with {payload['overrides']} for {payload['iterations']} iterations, not "
-            f"{method} with {overrides} for {iterations}; give another --heads folder or delete it."
+            f"{path}: {kept_method} trained with {payload['overrides']} for {payload['iterations']} iterations "
+            f"(schedule steps {kept_schedule}), not {method} with {overrides} for {iterations} (schedule steps "
+            f"{schedule_steps}); give another --heads folder or delete it."
         )
     pipeline = config.pipeline.setup(device=device, test_mode="val")
     pipeline.model.load_state_dict(payload["model"])
@@ -269,8 +272,6 @@ def main() -> None:
     if args.no_landmarks and args.tracks:
         parser.error("--tracks are scored with face landmarks; drop --no-landmarks or the tracks")
     overrides = parse_model_overrides(args.model_set)
-    # A kept head remembers the schedule it was trained on with its overrides (another schedule is another head).
-    head_key = {**overrides, "schedule_steps": args.schedule_steps} if args.schedule_steps else overrides
     torch.manual_seed(args.seed)
     offline_lpips_placeholder()
 
@@ -314,7 +315,8 @@ def main() -> None:
                             optimizer["scheduler"].max_steps = args.schedule_steps
                 kept = args.heads / name / f"{arm}.pt" if args.heads is not None and arm != "nerfacto" else None
                 if kept is not None and kept.is_file():
-                    pipeline, timing = load_head(config, kept, head_key, args.iterations, args.device, args.method)
+                    pipeline, timing = load_head(config, kept, overrides, args.iterations, args.device, args.method,
+                                                 args.schedule_steps)
                     print(f"{name} / {arm}: loaded the trained head {kept}")
                 else:
                     print(f"{name} / {arm}: training {args.iterations} iterations")
@@ -325,7 +327,7 @@ def main() -> None:
                         "seconds_per_iteration": round(run.seconds_per_iteration, 3),
                     }
                     if kept is not None:
-                        save_head(pipeline, kept, head_key, args.iterations, timing, args.method)
+                        save_head(pipeline, kept, overrides, args.iterations, timing, args.method, args.schedule_steps)
                 arm_entry: Dict[str, Any] = {
                     **timing,
                     "held_out": evaluate_held_out(pipeline, args.eval_frames, meter),

@@ -108,15 +108,17 @@ def main() -> None:
     from jean_nerfstudio.metrics.face import FaceMeter
 
     kept = torch.load(args.head, map_location="cpu", weights_only=False)
-    overrides, iterations = kept["overrides"], kept["iterations"]
-    pipeline, _ = load_head(jean_config(args.clip, "shipped", overrides), args.head, overrides, iterations)
+    overrides, iterations, schedule_steps = kept["overrides"], kept["iterations"], kept.get("schedule_steps")
+    pipeline, _ = load_head(jean_config(args.clip, "shipped", overrides), args.head, overrides, iterations,
+                            schedule_steps=schedule_steps)
     audio = pipeline.model.audio
     if audio.mouth_readout is None:
         raise SystemExit(f"{args.head}: this head takes the learned audio path; this needs the mouth-geometry one")
     results: Dict[str, Any] = {
         "date": str(date.today()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "clip": args.clip.name, "iterations": iterations, "model_overrides": overrides, "split": args.split,
+        "clip": args.clip.name, "iterations": iterations, "schedule_steps": schedule_steps,
+        "model_overrides": overrides, "split": args.split,
         "readout_geometry_held_out": readout_geometry_scores(audio, pipeline.model.clip),
     }
     print(f"{args.clip.name}: readout geometry on held-out frames {results['readout_geometry_held_out']}", flush=True)
