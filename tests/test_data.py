@@ -120,6 +120,26 @@ def test_sampler_groups_rays_by_frame_and_favours_the_face(synthetic_dataset):
     torch.testing.assert_close(batch["image"][7], store.images[f, y, x].float() / 255.0)
 
 
+def test_eval_batches_cover_whole_frames_uniformly(synthetic_dataset):
+    """The logged eval loss should estimate the held-out frames' loss: no face weighting in evaluation batches."""
+    from conftest import small_pipeline_config
+
+    config = small_pipeline_config(synthetic_dataset)
+    config.pipeline.datamanager.eval_num_rays_per_batch = 4000
+    config.pipeline.datamanager.head_ray_fraction = 0.6
+    config.pipeline.datamanager.mouth_ray_fraction = 0.3
+    dm = config.pipeline.datamanager.setup(device="cpu")
+    _, batch = dm.next_eval(0)
+    labels = batch["labels"]
+    store = dm.eval_frames
+    frames = torch.unique(batch["indices"][:, 0])
+    base = store.labels[frames]
+    face = lambda x: ((x == C.LABEL_HEAD) | (x == C.LABEL_MOUTH)).float().mean()  # noqa: E731
+    # With the training shares (0.9 of rays on the face) the sampled face share would be far above the frames' own.
+    assert abs(face(labels) - face(base)) < 0.05
+    assert abs((labels == C.LABEL_MOUTH).float().mean() - (base == C.LABEL_MOUTH).float().mean()) < 0.03
+
+
 def test_ray_fractions_that_leave_no_valid_share_fail_in_one_line(synthetic_dataset, capsys):
     from conftest import small_pipeline_config
 

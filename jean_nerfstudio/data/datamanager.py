@@ -46,9 +46,10 @@ class JeanDataManagerConfig(VanillaDataManagerConfig):
     frames_per_batch: int = 64
     """Rays of one batch come from this many random frames."""
     head_ray_fraction: float = 0.5
-    """Fraction of rays drawn inside the frame's head box (the rest: the whole frame)."""
+    """Fraction of training rays drawn inside the frame's head box (the rest: the whole frame). Evaluation batches
+    are drawn uniformly over whole frames."""
     mouth_ray_fraction: float = 0.3
-    """Fraction of rays drawn inside the frame's mouth box. The mouth is a few percent of the frame but carries the
+    """Fraction of training rays drawn inside the frame's mouth box. The mouth is a few percent of the frame but carries the
     speech: at 0.15 a 1,000-iteration head of a speaker with small lip motion rendered its mouth at half the real
     opening even given the measured mouth shape (mimictalk_german_20s, r 0.46 with the real opening); at 0.3 it
     follows it (r 0.74, 0.8x the amplitude), held-out mouth PSNR +0.45 dB (docs/benchmarks.md)."""
@@ -229,14 +230,9 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
         )
         self.eval_dataloader = RandIndicesEvalDataloader(input_dataset=self.eval_dataset, device=self.device, num_workers=0)
 
-    def _next(self, frames: FrameStore, generator: RayGenerator, num_rays: int) -> Tuple[RayBundle, Dict]:
-        indices, batch = frames.sample(
-            num_rays,
-            self.config.frames_per_batch,
-            self.config.head_ray_fraction,
-            self.config.mouth_ray_fraction,
-            self.generator,
-        )
+    def _next(self, frames: FrameStore, generator: RayGenerator, num_rays: int, head_fraction: float,
+              mouth_fraction: float) -> Tuple[RayBundle, Dict]:
+        indices, batch = frames.sample(num_rays, self.config.frames_per_batch, head_fraction, mouth_fraction, self.generator)
         ray_bundle = generator(indices)
         # Per ray, not per camera: the model gives mouth rays another frame's expression code in training.
         ray_bundle.metadata[C.META_MOUTH_RAY] = (batch["labels"] == C.LABEL_MOUTH)[:, None].to(ray_bundle.origins.dtype)
@@ -246,13 +242,16 @@ class JeanDataManager(VanillaDataManager[JeanInputDataset]):
         if not self.has_frames:
             exit_or_raise(self._no_frames("for training"))
         self.train_count += 1
-        return self._next(self.train_frames, self.train_ray_generator, self.config.train_num_rays_per_batch)
+        return self._next(self.train_frames, self.train_ray_generator, self.config.train_num_rays_per_batch,
+                          self.config.head_ray_fraction, self.config.mouth_ray_fraction)
 
     def next_eval(self, step: int) -> Tuple[RayBundle, Dict]:
         if not self.has_frames:
             exit_or_raise(self._no_frames("to score renders against real frames"))
         self.eval_count += 1
-        return self._next(self.eval_frames, self.eval_ray_generator, self.config.eval_num_rays_per_batch)
+        # Uniform over the whole frame: the logged eval loss then estimates the held-out frames' own loss, which the
+        # face-weighted training share would bias towards the head and mouth.
+        return self._next(self.eval_frames, self.eval_ray_generator, self.config.eval_num_rays_per_batch, 0.0, 0.0)
 
     def next_eval_image(self, step: int) -> Tuple[Cameras, Dict]:
         if not self.has_frames:
